@@ -1,0 +1,1078 @@
+// The IOASID core: the kernel's drivers/iommu/ioasid.c as the "IOASID extensions for guest SVA"
+// v3 series defines it (research ioasid-core.md A.4, B, C, D), with the fixes and choices that
+// ../shared/spec/PROFILE.md P1-P10 fix. One engine serves every profile: `v3` (sets with quota,
+// refcounts, states, SPIDs, notifications), `m511` (merged v5.11: refcounted get/put, opaque
+// set tokens), `m55` (merged v5.5: alloc/free/find/set_data) and `g66` (no IOASID core in use;
+// the global PASID API of global-pasid.ts). The profile only switches rules on and off; the
+// facades in profiles.ts give each profile its kernel signatures.
+//
+// What the kernel keeps in xarrays lives in IdTables (id-table.ts): one per allocator (the
+// default one, and one per set of custom allocator functions), each ID with its record.
+// Kernel globals (capacity, the set xarray, the allocator list, the global notifier chain) are
+// fields of one IoasidCore, so that each emulated machine has its own.
+
+import { type KernelError, kerr } from '../core/errno.ts';
+import { FaultInjector } from '../core/fault.ts';
+import { debugEnabled, InvariantError } from '../core/invariants.ts';
+import type { Tracer } from '../core/trace.ts';
+import { type Chunk, ID_TABLE_CHUNK_MASK, IdTable } from './id-table.ts';
+import {
+  IOASID_NOTIFY_ALLOC,
+  IOASID_NOTIFY_BIND,
+  IOASID_NOTIFY_FLAG_ALL,
+  IOASID_NOTIFY_FLAG_SET,
+  IOASID_NOTIFY_FREE,
+  IOASID_NOTIFY_NAMES,
+  IOASID_NOTIFY_UNBIND,
+  type IoasidNotifyVal,
+  type NotifierBlock,
+  NotifierChain,
+} from './notifier.ts';
+
+export const INVALID_IOASID = 0xffffffff;
+/** PCI_PASID_MAX: the default system capacity (P1). */
+export const PCI_PASID_MAX = 0x100000;
+
+export const IOASID_SET_TYPE_NULL = 1;
+export const IOASID_SET_TYPE_MM = 2;
+export const IOASID_SET_TYPE_NR = 3;
+/** Not a kernel type: the opaque `DECLARE_IOASID_SET` token of the merged profiles. */
+export const IOASID_SET_TYPE_TOKEN = 0;
+
+export const IOASID_STATE_INACTIVE = 0;
+export const IOASID_STATE_ACTIVE = 1;
+export const IOASID_STATE_FREE_PENDING = 2;
+
+export type IoasidProfile = 'v3' | 'm55' | 'm511' | 'g66';
+
+/** Record field value for an ID allocated with no set (merged profiles, `set == NULL`). */
+const NO_SET = -1;
+
+export class IoasidSet {
+  /** Index in the core's set table (the kernel's `set->id` in `ioasid_sets`). */
+  readonly id: number;
+  readonly token: unknown;
+  readonly type: number;
+  /** Counts against the system capacity (false for PASID-consumer and token sets). */
+  readonly reserves: boolean;
+  quota: number;
+  nrIoasids = 0;
+  ref = 1;
+  /** Destroyed: no API accepts the handle; the slot lives on until its last FREE_PENDING ID is reclaimed. */
+  dead = false;
+  readonly nh = new NotifierChain();
+  /** SPID -> system IOASID, for uniqueness and ioasid_find_by_spid. */
+  readonly spids = new Map<number, number>();
+
+  constructor(id: number, token: unknown, type: number, quota: number, reserves: boolean) {
+    this.id = id;
+    this.token = token;
+    this.type = type;
+    this.quota = quota;
+    this.reserves = reserves;
+  }
+
+  toString(): string {
+    return `ioasid_set ${this.id}`;
+  }
+}
+
+/** struct ioasid_allocator_ops. Two ops "use the same functions" when alloc and free are identical. */
+export interface IoasidAllocatorOps {
+  alloc(min: number, max: number, pdata: unknown): number;
+  free(id: number, pdata: unknown): void;
+  pdata: unknown;
+}
+
+/** struct ioasid_allocator_data: an allocator and the ops sharing its functions (slist). */
+interface AllocatorData {
+  /** First ops: its pdata is passed to every call (research C.1). null for the default allocator. */
+  ops: IoasidAllocatorOps | null;
+  slist: IoasidAllocatorOps[];
+  table: IdTable;
+}
+
+/** A pending or active registration of ioasid_register_notifier_mm (research D.4). */
+interface MmNotifierEntry {
+  nb: NotifierBlock;
+  token: unknown;
+  set: IoasidSet | null;
+  active: boolean;
+}
+
+export interface IoasidCoreOptions {
+  profile?: IoasidProfile;
+  faults?: FaultInjector;
+  tracer?: Tracer | null;
+  debug?: boolean;
+}
+
+function isU32(x: number): boolean {
+  return Number.isInteger(x) && x >= 0 && x <= 0xffffffff;
+}
+
+export class IoasidCore {
+  readonly profile: IoasidProfile;
+  readonly faults: FaultInjector;
+  tracer: Tracer | null;
+  debug: boolean;
+
+  private readonly refcounted: boolean;
+  private readonly v3: boolean;
+
+  private capacity = PCI_PASID_MAX;
+  private capacityAvail = PCI_PASID_MAX;
+
+  private readonly setIds = new IdTable(false);
+  private readonly sets: (IoasidSet | undefined)[] = [];
+
+  private readonly defaultAllocator: AllocatorData = { ops: null, slist: [], table: new IdTable(true) };
+  private readonly allocators: AllocatorData[] = [];
+  private active: AllocatorData;
+  /** Tracking tables by allocator functions, so IDs orphaned at a switch are found again if those functions return (P10). */
+  private readonly tablesByFns = new Map<
+    IoasidAllocatorOps['alloc'],
+    Map<IoasidAllocatorOps['free'], IdTable>
+  >();
+
+  private readonly globalChain = new NotifierChain();
+  private readonly mmEntries: MmNotifierEntry[] = [];
+
+  /** IDs held by an in-flight FREE delivery (P9): a callback cannot drop them to zero under the caller. */
+  private readonly pinned = new Map<number, number>();
+  private depth = 0;
+
+  constructor(opts: IoasidCoreOptions = {}) {
+    this.profile = opts.profile ?? 'v3';
+    this.faults = opts.faults ?? new FaultInjector();
+    this.tracer = opts.tracer ?? null;
+    this.debug = opts.debug ?? debugEnabled();
+    this.refcounted = this.profile === 'v3' || this.profile === 'm511';
+    this.v3 = this.profile === 'v3';
+    this.active = this.defaultAllocator;
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  private warn(msg: string, fields: Record<string, unknown> = {}): void {
+    if (this.tracer !== null) this.tracer({ kind: 'ioasid', what: 'warn', msg, ...fields });
+  }
+
+  private enter(): void {
+    this.depth++;
+  }
+
+  private leave(): void {
+    if (--this.depth === 0 && this.debug) this.maybeCheck();
+  }
+
+  private opsSinceCheck = 0;
+
+  /**
+   * The full check is O(live IDs), so it runs after every operation while the state is small
+   * (the tests' usual case) and after every 1024th once it is large, so that a debug-mode fill of
+   * the whole PASID space stays linear.
+   */
+  private maybeCheck(): void {
+    if (this.liveCount <= 4096 || ++this.opsSinceCheck >= 1024) {
+      this.opsSinceCheck = 0;
+      this.checkInvariants();
+    }
+  }
+
+  /** A set handle that the API accepts: allocated, not destroyed. */
+  isValidSet(set: IoasidSet | null | undefined): set is IoasidSet {
+    return set != null && this.sets[set.id] === set && !set.dead;
+  }
+
+  private setOfRecord(setId: number): IoasidSet | undefined {
+    return setId === NO_SET ? undefined : this.sets[setId];
+  }
+
+  private notify(
+    event: IoasidNotifyVal,
+    flags: number,
+    set: IoasidSet | undefined,
+    id: number,
+    ch: Chunk,
+    off: number,
+  ): void {
+    const toGlobal = (flags & IOASID_NOTIFY_FLAG_ALL) !== 0 && this.globalChain.length !== 0;
+    const toSet = (flags & IOASID_NOTIFY_FLAG_SET) !== 0 && set !== undefined && set.nh.length !== 0;
+    if (!toGlobal && !toSet && this.tracer === null) return;
+    const args = { id, spid: ch.spid[off]!, set: set ?? null, pdata: ch.priv[off] };
+    if (this.tracer !== null) {
+      this.tracer({
+        kind: 'notify',
+        what: IOASID_NOTIFY_NAMES[event],
+        id,
+        spid: args.spid,
+        chains: [toGlobal ? 'global' : null, toSet ? 'set' : null].filter((c) => c !== null),
+      });
+    }
+    // Global first, then the set's chain (P8; research D.3).
+    if (toGlobal) this.globalChain.call(event, args);
+    if (toSet) set.nh.call(event, { ...args });
+  }
+
+  private tableFor(ops: IoasidAllocatorOps): IdTable {
+    let byFree = this.tablesByFns.get(ops.alloc);
+    if (byFree === undefined) {
+      byFree = new Map();
+      this.tablesByFns.set(ops.alloc, byFree);
+    }
+    let t = byFree.get(ops.free);
+    if (t === undefined) {
+      t = new IdTable(true);
+      byFree.set(ops.free, t);
+    }
+    return t;
+  }
+
+  private allTables(): IdTable[] {
+    const out = [this.defaultAllocator.table];
+    for (const m of this.tablesByFns.values()) for (const t of m.values()) out.push(t);
+    return out;
+  }
+
+  /** The registered allocator (if any) whose tracking table is `table`. */
+  private allocatorOfTable(table: IdTable): AllocatorData | undefined {
+    if (table === this.defaultAllocator.table) return this.defaultAllocator;
+    return this.allocators.find((a) => a.table === table);
+  }
+
+  /** ioasid_do_free_locked: return the ID to its allocator and drop it from its set. */
+  private reclaim(table: IdTable, ch: Chunk, id: number): void {
+    const off = id & ID_TABLE_CHUNK_MASK;
+    const setId = ch.set[off]!;
+    const spid = ch.spid[off]!;
+    const alloc = this.allocatorOfTable(table);
+    if (alloc?.ops != null) alloc.ops.free(id, alloc.ops.pdata);
+    else if (alloc === undefined) this.warn('orphaned IOASID reclaimed while its allocator is gone', { id });
+    table.remove(ch, id);
+    const set = this.setOfRecord(setId);
+    if (set !== undefined) {
+      if (spid !== INVALID_IOASID && set.spids.get(spid) === id) set.spids.delete(spid);
+      set.nrIoasids--;
+      if (set.dead && set.nrIoasids === 0) this.releaseSetSlot(set);
+    }
+  }
+
+  private releaseSetSlot(set: IoasidSet): void {
+    this.sets[set.id] = undefined;
+    const ch = this.setIds.chunkOf(set.id);
+    if (ch !== undefined) this.setIds.remove(ch, set.id);
+  }
+
+  /** ioasid_free_locked after its checks: FREE_PENDING, FREE notification, drop the allocation reference. */
+  private freeLocked(table: IdTable, ch: Chunk, id: number, set: IoasidSet | undefined): void {
+    const off = id & ID_TABLE_CHUNK_MASK;
+    ch.state[off] = IOASID_STATE_FREE_PENDING;
+    if (this.v3 && (this.globalChain.length !== 0 || (set !== undefined && set.nh.length !== 0))) {
+      // Pin the record across the callbacks (P9): one of them may drop the last reference.
+      ch.users[off]!++;
+      this.pinned.set(id, (this.pinned.get(id) ?? 0) + 1);
+      try {
+        this.notify(IOASID_NOTIFY_FREE, IOASID_NOTIFY_FLAG_ALL | IOASID_NOTIFY_FLAG_SET, set, id, ch, off);
+      } finally {
+        const n = this.pinned.get(id)! - 1;
+        if (n === 0) this.pinned.delete(id);
+        else this.pinned.set(id, n);
+        ch.users[off]!--;
+      }
+      // A callback that dropped the allocation reference has done the free's put for it.
+      if (ch.users[off] === 0) {
+        this.reclaim(table, ch, id);
+        return;
+      }
+    } else if (this.v3 && this.tracer !== null) {
+      this.notify(IOASID_NOTIFY_FREE, IOASID_NOTIFY_FLAG_ALL | IOASID_NOTIFY_FLAG_SET, set, id, ch, off);
+    }
+    if (--ch.users[off]! === 0) this.reclaim(table, ch, id);
+  }
+
+  // ---------------------------------------------------------------- capacity (A.4.1)
+
+  ioasidInstallCapacity(total: number): void {
+    this.enter();
+    try {
+      if (!isU32(total)) {
+        this.warn('ioasid_install_capacity: total is not a u32', { total });
+        return;
+      }
+      if (this.capacity !== 0 && this.capacity !== PCI_PASID_MAX) {
+        this.warn('ioasid_install_capacity: capacity already set', { capacity: this.capacity });
+        return;
+      }
+      // Quota already reserved by sets stays reserved (the raw v3 code forgets it; see README decisions).
+      const reserved = this.capacity - this.capacityAvail;
+      if (total < reserved) {
+        this.warn('ioasid_install_capacity: below the quota sets already reserve', { total, reserved });
+        return;
+      }
+      this.capacity = total;
+      this.capacityAvail = total - reserved;
+    } finally {
+      this.leave();
+    }
+  }
+
+  ioasidGetCapacity(): number {
+    return this.capacity;
+  }
+
+  /** Capacity not reserved by any set's quota. */
+  get capacityAvailable(): number {
+    return this.capacityAvail;
+  }
+
+  // ---------------------------------------------------------------- sets (A.4.2)
+
+  ioasidSetAlloc(token: unknown, quota: number, type: number): IoasidSet | KernelError {
+    this.enter();
+    try {
+      if (!Number.isInteger(type) || type >= IOASID_SET_TYPE_NR)
+        return kerr('EINVAL', `ioasid_set_alloc: type ${type} is not an ioasid_set_type`);
+      if (!isU32(quota)) return kerr('EINVAL', `ioasid_set_alloc: quota ${quota} is not a u32`);
+      if (quota === 0) return kerr('EINVAL', 'ioasid_set_alloc: quota 0 (P6: a set needs a quota)');
+      if (quota > this.capacityAvail)
+        return kerr(
+          'ENOSPC',
+          `ioasid_set_alloc: quota ${quota} exceeds the ${this.capacityAvail} IOASIDs of capacity left`,
+        );
+      if (type === IOASID_SET_TYPE_MM) {
+        if (token == null) return kerr('EINVAL', 'ioasid_set_alloc: an MM-type set needs a token');
+        if (this.findMmSet(token) !== undefined)
+          return kerr('EEXIST', `ioasid_set_alloc: an MM-type set with token ${String(token)} exists`);
+      } else if (type === IOASID_SET_TYPE_NULL) {
+        if (token != null) return kerr('EINVAL', 'ioasid_set_alloc: a NULL-type set takes no token');
+      } else {
+        return kerr('EINVAL', `ioasid_set_alloc: type ${type} is not an ioasid_set_type`);
+      }
+      const set = this.newSet(token, type, quota, true);
+      if (!(set instanceof IoasidSet)) return set;
+      if (type === IOASID_SET_TYPE_MM) this.addPendingNotifiers(set);
+      return set;
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** kzalloc the set, take a set ID (independent of quota, P7), reserve the quota. */
+  private newSet(token: unknown, type: number, quota: number, reserves: boolean): IoasidSet | KernelError {
+    if (this.faults.armed && this.faults.shouldFail('ioasid_set')) {
+      return kerr('ENOMEM', 'ioasid_set_alloc: out of memory for the set');
+    }
+    if (this.faults.armed && this.faults.shouldFail('ioasid_sets_xa')) {
+      return kerr('ENOSPC', 'ioasid_set_alloc: no set ID left in ioasid_sets');
+    }
+    const id = this.setIds.lowestFree(0, 0xfffffffe);
+    if (id < 0) return kerr('ENOSPC', 'ioasid_set_alloc: no set ID left in ioasid_sets');
+    this.setIds.insert(id);
+    const set = new IoasidSet(id, token, type, quota, reserves);
+    this.sets[id] = set;
+    if (reserves) this.capacityAvail -= quota;
+    return set;
+  }
+
+  /** An internal set for a PASID consumer or a merged-profile token: no capacity reserved. */
+  allocInternalSet(type: number, quota: number): IoasidSet | KernelError {
+    this.enter();
+    try {
+      return this.newSet(null, type, quota, false);
+    } finally {
+      this.leave();
+    }
+  }
+
+  private findMmSet(token: unknown): IoasidSet | undefined {
+    for (const s of this.sets) {
+      if (s !== undefined && !s.dead && s.type === IOASID_SET_TYPE_MM && s.token === token) return s;
+    }
+    return undefined;
+  }
+
+  ioasidSetGet(set: IoasidSet): void {
+    if (!this.isValidSet(set)) {
+      this.warn('ioasid_set_get: invalid set');
+      return;
+    }
+    set.ref++;
+  }
+
+  ioasidSetPut(set: IoasidSet): void {
+    this.enter();
+    try {
+      if (!this.isValidSet(set)) {
+        this.warn('ioasid_set_put: invalid set');
+        return;
+      }
+      if (--set.ref === 0) this.destroySet(set);
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** The last set reference is gone: free every member, return the quota, park its mm notifiers. */
+  private destroySet(set: IoasidSet): void {
+    set.dead = true;
+    if (set.reserves) this.capacityAvail += set.quota;
+    for (const e of this.mmEntries) {
+      if (e.set === set) {
+        e.set = null;
+        e.active = false;
+      }
+    }
+    for (const table of this.allTables()) {
+      const members: number[] = [];
+      table.forEach((id, ch, off) => {
+        if (ch.set[off] === set.id) members.push(id);
+      });
+      for (const id of members) {
+        const ch = table.chunkOf(id);
+        if (ch === undefined) continue; // reclaimed by a callback meanwhile
+        const off = id & ID_TABLE_CHUNK_MASK;
+        if (ch.set[off] !== set.id || ch.state[off] === IOASID_STATE_FREE_PENDING) continue;
+        if (table !== this.active.table) this.warn('set destroyed with an orphaned IOASID', { id });
+        this.freeLocked(table, ch, id, set);
+      }
+    }
+    set.nh.clear();
+    if (set.nrIoasids === 0) this.releaseSetSlot(set);
+  }
+
+  ioasidAdjustSet(set: IoasidSet, quota: number): 0 | KernelError {
+    this.enter();
+    try {
+      if (!this.isValidSet(set)) return kerr('EINVAL', 'ioasid_adjust_set: invalid set');
+      if (!Number.isInteger(quota) || quota <= 0)
+        return kerr('EINVAL', `ioasid_adjust_set: quota ${quota} must be positive`);
+      if (set.nrIoasids > quota)
+        return kerr('EINVAL', `ioasid_adjust_set: ${set} holds ${set.nrIoasids} IOASIDs, more than ${quota}`);
+      if (set.reserves && quota > set.quota && quota - set.quota > this.capacityAvail)
+        return kerr(
+          'ENOSPC',
+          `ioasid_adjust_set: raising ${set} by ${quota - set.quota} exceeds the ${this.capacityAvail} left`,
+        );
+      if (set.reserves) this.capacityAvail += set.quota - quota;
+      set.quota = quota;
+      return 0;
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** IDs of a set in ascending order (FREE_PENDING ones included), in every allocator's table. */
+  setMembers(set: IoasidSet): number[] {
+    const out: number[] = [];
+    for (const table of this.allTables()) {
+      table.forEach((id, ch, off) => {
+        if (ch.set[off] === set.id) out.push(id);
+      });
+    }
+    return out.sort((a, b) => a - b);
+  }
+
+  ioasidSetForEachIoasid(set: IoasidSet, fn: (id: number) => void): void {
+    this.enter();
+    try {
+      if (!this.isValidSet(set)) {
+        this.warn('ioasid_set_for_each_ioasid: invalid set');
+        return;
+      }
+      for (const id of this.setMembers(set)) fn(id);
+    } finally {
+      this.leave();
+    }
+  }
+
+  // ---------------------------------------------------------------- IDs (A.4.3)
+
+  /** Lowest free ID in [min, max] from the active allocator, or INVALID_IOASID on any failure (P1). */
+  ioasidAlloc(set: IoasidSet | null, min: number, max: number, priv: unknown = null): number {
+    this.depth++;
+    try {
+      let setId = NO_SET;
+      if (set !== null) {
+        if (this.sets[set.id] !== set || set.dead) {
+          this.warn('ioasid_alloc: invalid set');
+          return INVALID_IOASID;
+        }
+        if (set.nrIoasids >= set.quota) {
+          this.warn('ioasid_alloc: IOASID set out of quota', { set: set.id, quota: set.quota });
+          return INVALID_IOASID;
+        }
+        setId = set.id;
+      } else if (this.v3) {
+        this.warn('ioasid_alloc: invalid set');
+        return INVALID_IOASID;
+      }
+      if (!isU32(min) || !isU32(max)) return INVALID_IOASID;
+      // An ID equal to INVALID_IOASID could not be told from failure.
+      if (max === INVALID_IOASID) max = INVALID_IOASID - 1;
+      if (min > max) return INVALID_IOASID;
+      if (this.faults.armed && this.faults.shouldFail('ioasid_data')) return INVALID_IOASID;
+      const a = this.active;
+      const table = a.table;
+      let id: number;
+      if (a.ops === null) {
+        if (this.faults.armed && this.faults.shouldFail('ioasid_xa_alloc')) return INVALID_IOASID;
+        id = table.lowestFree(min, max);
+        if (id < 0) return INVALID_IOASID;
+      } else {
+        id = a.ops.alloc(min, max, a.ops.pdata);
+        if (id === INVALID_IOASID) return INVALID_IOASID;
+        if (!isU32(id)) {
+          this.warn('ioasid_alloc: custom allocator returned a non-u32', { id });
+          return INVALID_IOASID;
+        }
+        // Record exactly that ID; if it is taken (or the record store fails), hand it back.
+        if (table.has(id) || (this.faults.armed && this.faults.shouldFail('ioasid_xa_alloc'))) {
+          this.warn('ioasid_alloc: custom allocator gave an ID in use', { id });
+          a.ops.free(id, a.ops.pdata);
+          return INVALID_IOASID;
+        }
+      }
+      const ch = table.insert(id);
+      const off = id & ID_TABLE_CHUNK_MASK;
+      ch.users[off] = 1;
+      ch.state[off] = IOASID_STATE_ACTIVE;
+      ch.set[off] = setId;
+      ch.spid[off] = INVALID_IOASID;
+      ch.priv[off] = priv;
+      if (set !== null) {
+        set.nrIoasids++;
+        if (this.v3) this.notify(IOASID_NOTIFY_ALLOC, IOASID_NOTIFY_FLAG_SET, set, id, ch, off);
+      }
+      return id;
+    } finally {
+      if (--this.depth === 0 && this.debug) this.maybeCheck();
+    }
+  }
+
+  /** v3 ioasid_free(set, id): start the free (FREE_PENDING, FREE event), drop the allocation reference. */
+  ioasidFree(set: IoasidSet | null, id: number): void {
+    this.depth++;
+    try {
+      const table = this.active.table;
+      const ch = isU32(id) ? table.chunkOf(id) : undefined;
+      if (ch === undefined) {
+        this.warn('ioasid_free: unknown IOASID', { id });
+        return;
+      }
+      const off = id & ID_TABLE_CHUNK_MASK;
+      // P3: ownership is the security property; NULL is no owner.
+      if (set === null || ch.set[off] !== set.id || this.sets[set.id] !== set) {
+        this.warn('ioasid_free: set does not own the IOASID', { id });
+        return;
+      }
+      if (set.dead) {
+        this.warn('ioasid_free: set already destroyed', { id });
+        return;
+      }
+      if (ch.state[off] === IOASID_STATE_FREE_PENDING) return; // level-triggered (P8)
+      this.freeLocked(table, ch, id, set);
+    } finally {
+      if (--this.depth === 0 && this.debug) this.maybeCheck();
+    }
+  }
+
+  /** Merged-profile free (m55 `ioasid_free(id)`, g66-era no-refcount free): reclaim at once. */
+  releaseNow(id: number): void {
+    this.enter();
+    try {
+      const table = this.active.table;
+      const ch = isU32(id) ? table.chunkOf(id) : undefined;
+      if (ch === undefined) {
+        this.warn('ioasid_free: unknown IOASID', { id });
+        return;
+      }
+      this.reclaim(table, ch, id);
+    } finally {
+      this.leave();
+    }
+  }
+
+  ioasidGet(set: IoasidSet | null, id: number): 0 | KernelError {
+    this.enter();
+    try {
+      const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
+      if (ch === undefined) return kerr('EINVAL', `ioasid_get: IOASID ${id} is not allocated`);
+      const off = id & ID_TABLE_CHUNK_MASK;
+      if (ch.state[off] === IOASID_STATE_FREE_PENDING)
+        return kerr('EBUSY', `ioasid_get: IOASID ${id} is being freed (P2: no new references)`);
+      if (set !== null && ch.set[off] !== set.id)
+        return kerr('EACCES', `ioasid_get: IOASID ${id} does not belong to ${set}`);
+      ch.users[off]!++;
+      return 0;
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** m511 `ioasid_get(id)`: take a reference, no checks but existence. */
+  getRefUnchecked(id: number): void {
+    this.enter();
+    try {
+      const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
+      if (ch === undefined) {
+        this.warn('ioasid_get: unknown IOASID', { id });
+        return;
+      }
+      ch.users[id & ID_TABLE_CHUNK_MASK]!++;
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** Drop a reference; true iff that reclaimed the ID. */
+  ioasidPut(set: IoasidSet | null, id: number): boolean {
+    this.enter();
+    try {
+      const table = this.active.table;
+      const ch = isU32(id) ? table.chunkOf(id) : undefined;
+      if (ch === undefined) {
+        this.warn('ioasid_put: unknown IOASID', { id });
+        return false;
+      }
+      const off = id & ID_TABLE_CHUNK_MASK;
+      if (set !== null && ch.set[off] !== set.id) {
+        this.warn('ioasid_put: set does not own the IOASID', { id });
+        return false;
+      }
+      if (ch.users[off] === 1 && this.pinned.has(id)) {
+        // Only the in-flight FREE's own pin is left: a put more than the caller holds.
+        this.warn('ioasid_put: refcount underflow', { id });
+        return false;
+      }
+      if (--ch.users[off]! === 0) {
+        this.reclaim(table, ch, id);
+        return true;
+      }
+      return false;
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** Private data of an ID, or ENOENT (unknown or, in v3, being freed: P2) / EACCES (other set). */
+  ioasidFind(set: IoasidSet | null, id: number, getter?: (priv: unknown) => boolean): unknown {
+    const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
+    if (ch === undefined) return kerr('ENOENT', `ioasid_find: IOASID ${id} is not allocated`);
+    const off = id & ID_TABLE_CHUNK_MASK;
+    if (this.v3 && ch.state[off] === IOASID_STATE_FREE_PENDING)
+      return kerr('ENOENT', `ioasid_find: IOASID ${id} is being freed (P2)`);
+    if (set !== null && ch.set[off] !== set.id)
+      return kerr('EACCES', `ioasid_find: IOASID ${id} does not belong to ${set}`);
+    const priv = ch.priv[off];
+    if (getter !== undefined && !getter(priv)) return null;
+    return priv;
+  }
+
+  /** v3 ioasid_attach_data: set private data if there is none. */
+  ioasidAttachData(id: number, data: unknown): 0 | KernelError {
+    this.enter();
+    try {
+      const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
+      if (ch === undefined) return kerr('ENOENT', `ioasid_attach_data: IOASID ${id} is not allocated`);
+      const off = id & ID_TABLE_CHUNK_MASK;
+      if (ch.priv[off] != null)
+        return kerr('EBUSY', `ioasid_attach_data: IOASID ${id} already has private data`);
+      ch.priv[off] = data;
+      return 0;
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** Merged-profile ioasid_set_data: replace private data unconditionally. */
+  ioasidSetData(id: number, data: unknown): 0 | KernelError {
+    this.enter();
+    try {
+      const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
+      if (ch === undefined) return kerr('ENOENT', `ioasid_set_data: IOASID ${id} is not allocated`);
+      ch.priv[id & ID_TABLE_CHUNK_MASK] = data;
+      return 0;
+    } finally {
+      this.leave();
+    }
+  }
+
+  ioasidDetachData(id: number): void {
+    this.enter();
+    try {
+      const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
+      if (ch === undefined) {
+        this.warn('ioasid_detach_data: unknown IOASID', { id });
+        return;
+      }
+      ch.priv[id & ID_TABLE_CHUNK_MASK] = null;
+    } finally {
+      this.leave();
+    }
+  }
+
+  ioasidAttachSpid(id: number, spid: number): 0 | KernelError {
+    this.enter();
+    try {
+      if (!isU32(spid) || spid === INVALID_IOASID) return kerr('EINVAL', 'ioasid_attach_spid: invalid SPID');
+      const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
+      if (ch === undefined) return kerr('ENOENT', `ioasid_attach_spid: IOASID ${id} is not allocated`);
+      const off = id & ID_TABLE_CHUNK_MASK;
+      const set = this.setOfRecord(ch.set[off]!);
+      if (set === undefined || set.dead) return kerr('ENOENT', `ioasid_attach_spid: IOASID ${id} has no set`);
+      // Uniqueness check takes no reference (research 0.3 fix 4).
+      if (set.spids.has(spid))
+        return kerr('EINVAL', `ioasid_attach_spid: SPID ${spid} is already used in ${set}`);
+      const old = ch.spid[off]!;
+      if (old !== INVALID_IOASID) set.spids.delete(old);
+      ch.spid[off] = spid;
+      set.spids.set(spid, id);
+      this.notify(IOASID_NOTIFY_BIND, IOASID_NOTIFY_FLAG_SET, set, id, ch, off);
+      return 0;
+    } finally {
+      this.leave();
+    }
+  }
+
+  ioasidDetachSpid(id: number): void {
+    this.enter();
+    try {
+      const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
+      if (ch === undefined) {
+        this.warn('ioasid_detach_spid: unknown IOASID', { id });
+        return;
+      }
+      const off = id & ID_TABLE_CHUNK_MASK;
+      const spid = ch.spid[off]!;
+      if (spid === INVALID_IOASID) {
+        this.warn('ioasid_detach_spid: IOASID has no SPID', { id });
+        return;
+      }
+      const set = this.setOfRecord(ch.set[off]!);
+      // P5: the UNBIND payload carries the SPID being detached, so notify before clearing it.
+      this.notify(IOASID_NOTIFY_UNBIND, IOASID_NOTIFY_FLAG_SET, set, id, ch, off);
+      // A callback may have reclaimed or re-bound the ID; clear only what is still ours.
+      const again = this.active.table.chunkOf(id);
+      if (again === ch && ch.spid[off] === spid) {
+        ch.spid[off] = INVALID_IOASID;
+        if (set !== undefined && set.spids.get(spid) === id) set.spids.delete(spid);
+      }
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** System IOASID bound to `spid` in `set`, with a new reference taken; INVALID_IOASID if none. */
+  ioasidFindBySpid(set: IoasidSet, spid: number): number {
+    this.enter();
+    try {
+      if (!this.isValidSet(set)) {
+        this.warn('ioasid_find_by_spid: invalid set');
+        return INVALID_IOASID;
+      }
+      const id = set.spids.get(spid);
+      if (id === undefined) return INVALID_IOASID;
+      const ch = this.active.table.chunkOf(id);
+      if (ch === undefined) return INVALID_IOASID; // orphaned by an allocator switch
+      const off = id & ID_TABLE_CHUNK_MASK;
+      // P2: no new references once the free has started.
+      if (ch.state[off] === IOASID_STATE_FREE_PENDING) return INVALID_IOASID;
+      ch.users[off]!++;
+      return id;
+    } finally {
+      this.leave();
+    }
+  }
+
+  // ---------------------------------------------------------------- custom allocators (C.1, P10)
+
+  ioasidRegisterAllocator(ops: IoasidAllocatorOps): 0 | KernelError {
+    this.enter();
+    try {
+      if (this.faults.armed && this.faults.shouldFail('ioasid_allocator_data'))
+        return kerr('ENOMEM', 'ioasid_register_allocator: out of memory for the allocator data');
+      if (this.allocators.length === 0) {
+        if (this.defaultAllocator.table.size !== 0)
+          return kerr(
+            'EAGAIN',
+            `ioasid_register_allocator: the default allocator has ${this.defaultAllocator.table.size} IOASIDs outstanding`,
+          );
+        const a: AllocatorData = { ops, slist: [ops], table: this.tableFor(ops) };
+        this.allocators.push(a);
+        this.active = a;
+        this.trace('allocator', 'active', a);
+        return 0;
+      }
+      for (const a of this.allocators) {
+        if (a.ops === ops)
+          return kerr('EEXIST', 'ioasid_register_allocator: these ops are already registered');
+        if (a.ops !== null && a.ops.alloc === ops.alloc && a.ops.free === ops.free) {
+          // Same functions: share the entry and its IOASID space (research C.1 rule 4).
+          a.slist.push(ops);
+          return 0;
+        }
+      }
+      this.allocators.push({ ops, slist: [ops], table: this.tableFor(ops) });
+      return 0;
+    } finally {
+      this.leave();
+    }
+  }
+
+  ioasidUnregisterAllocator(ops: IoasidAllocatorOps): void {
+    this.enter();
+    try {
+      if (this.allocators.length === 0) {
+        this.warn('ioasid_unregister_allocator: no custom IOASID allocators active');
+        return;
+      }
+      const idx = this.allocators.findIndex(
+        (a) => a.ops !== null && a.ops.alloc === ops.alloc && a.ops.free === ops.free,
+      );
+      if (idx < 0) {
+        this.warn('ioasid_unregister_allocator: ops not registered');
+        return;
+      }
+      const a = this.allocators[idx]!;
+      if (a.slist.length === 1) {
+        this.allocators.splice(idx, 1);
+        if (a.table.size !== 0) {
+          // P10: reported, never silently freed.
+          this.warn('ioasid_unregister_allocator: IOASIDs outstanding become orphans', {
+            ids: a.table.ids(),
+          });
+        }
+        if (this.allocators.length === 0) this.active = this.defaultAllocator;
+        else if (this.active === a) this.active = this.allocators[0]!;
+        this.trace('allocator', 'active', this.active);
+        return;
+      }
+      const j = a.slist.indexOf(ops);
+      if (j >= 0) a.slist.splice(j, 1);
+    } finally {
+      this.leave();
+    }
+  }
+
+  private trace(kind: string, what: string, a: AllocatorData): void {
+    if (this.tracer !== null)
+      this.tracer({ kind: 'ioasid', what: `${kind} ${what}`, custom: a.ops !== null });
+  }
+
+  /** IDs tracked by allocators other than the active one (P10's orphans). */
+  orphans(): number[] {
+    const out: number[] = [];
+    for (const t of this.allTables()) if (t !== this.active.table) out.push(...t.ids());
+    return out.sort((a, b) => a - b);
+  }
+
+  // ---------------------------------------------------------------- notifiers (A.4.4, D)
+
+  ioasidRegisterNotifier(set: IoasidSet | null, nb: NotifierBlock): 0 | KernelError {
+    this.enter();
+    try {
+      let chain = this.globalChain;
+      if (set !== null) {
+        if (!this.isValidSet(set)) return kerr('EINVAL', 'ioasid_register_notifier: invalid set');
+        chain = set.nh;
+      }
+      // The chain code of that era warns on a double registration and leaves the chain as it is.
+      if (!chain.register(nb)) this.warn('ioasid_register_notifier: double register detected');
+      return 0;
+    } finally {
+      this.leave();
+    }
+  }
+
+  ioasidUnregisterNotifier(set: IoasidSet | null, nb: NotifierBlock): void {
+    this.enter();
+    try {
+      if (this.mmEntries.some((e) => e.nb === nb)) {
+        this.warn('ioasid_unregister_notifier: cannot unregister NB from pending list');
+        return;
+      }
+      let chain = this.globalChain;
+      if (set !== null) {
+        if (!this.isValidSet(set)) {
+          this.warn('ioasid_unregister_notifier: invalid set');
+          return;
+        }
+        chain = set.nh;
+      }
+      if (!chain.unregister(nb)) this.warn('ioasid_unregister_notifier: not registered');
+    } finally {
+      this.leave();
+    }
+  }
+
+  ioasidRegisterNotifierMm(mm: unknown, nb: NotifierBlock): 0 | KernelError {
+    this.enter();
+    try {
+      if (mm == null) return kerr('EINVAL', 'ioasid_register_notifier_mm: no mm');
+      if (this.mmEntries.some((e) => e.token === mm && e.nb === nb))
+        return kerr('EBUSY', 'ioasid_register_notifier_mm: already registered for this mm');
+      if (this.faults.armed && this.faults.shouldFail('ioasid_nb_entry'))
+        return kerr('ENOMEM', 'ioasid_register_notifier_mm: out of memory for the pending entry');
+      const set = this.findMmSet(mm);
+      if (set !== undefined) {
+        if (set.nrIoasids !== 0)
+          return kerr(
+            'EBUSY',
+            `ioasid_register_notifier_mm: ${set} is not empty (register on empty sets only)`,
+          );
+        set.nh.register(nb);
+        this.mmEntries.unshift({ nb, token: mm, set, active: true });
+      } else {
+        this.mmEntries.unshift({ nb, token: mm, set: null, active: false });
+      }
+      return 0;
+    } finally {
+      this.leave();
+    }
+  }
+
+  ioasidUnregisterNotifierMm(mm: unknown, nb: NotifierBlock): void {
+    this.enter();
+    try {
+      const i = this.mmEntries.findIndex((e) => e.token === mm && e.nb === nb);
+      if (i < 0) {
+        this.warn('ioasid_unregister_notifier_mm: not registered');
+        return;
+      }
+      const e = this.mmEntries[i]!;
+      if (e.active && e.set !== null) e.set.nh.unregister(nb);
+      this.mmEntries.splice(i, 1);
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** A new MM-type set picks up the notifiers waiting for its token (research D.4). */
+  private addPendingNotifiers(set: IoasidSet): void {
+    for (const e of this.mmEntries) {
+      if (!e.active && e.token === set.token) {
+        set.nh.register(e.nb);
+        e.set = set;
+        e.active = true;
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- introspection
+
+  /** Sets the API still accepts, by set ID. */
+  liveSets(): IoasidSet[] {
+    return this.sets.filter((s): s is IoasidSet => s !== undefined && !s.dead);
+  }
+
+  /** A snapshot of one ID's record in the active allocator, or undefined. */
+  inspect(
+    id: number,
+  ): { users: number; state: number; set: IoasidSet | undefined; spid: number; priv: unknown } | undefined {
+    const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
+    if (ch === undefined) return undefined;
+    const off = id & ID_TABLE_CHUNK_MASK;
+    return {
+      users: ch.users[off]!,
+      state: ch.state[off]!,
+      set: this.setOfRecord(ch.set[off]!),
+      spid: ch.spid[off]!,
+      priv: ch.priv[off],
+    };
+  }
+
+  /** Number of IDs the active allocator holds. */
+  get liveCount(): number {
+    return this.active.table.size;
+  }
+
+  get customAllocatorActive(): boolean {
+    return this.active.ops !== null;
+  }
+
+  // ---------------------------------------------------------------- invariants
+
+  /**
+   * The model's invariants (debug mode runs this after every outermost operation):
+   * each table's bitmap is self-consistent; every record has users >= 1 and a known state;
+   * each set's nr_ioasids equals the IDs recorded for it (orphans included, P10); SPIDs are
+   * unique per set and the SPID index matches the records; destroyed sets linger only while
+   * they still have members; capacity_avail + reserved quotas = capacity; every active mm
+   * notifier entry sits on its live set's chain.
+   */
+  checkInvariants(): void {
+    const fail = (rule: string): never => {
+      throw new InvariantError(`ioasid: ${rule}`);
+    };
+    const perSet = new Map<number, number>();
+    const spidSeen = new Map<number, Map<number, number>>();
+    for (const table of this.allTables()) {
+      const bad = table.check();
+      if (bad !== undefined) fail(bad);
+      table.forEach((id, ch, off) => {
+        const users = ch.users[off]!;
+        const state = ch.state[off]!;
+        if (users < 1) fail(`IOASID ${id} is allocated with ${users} users`);
+        if (state !== IOASID_STATE_ACTIVE && state !== IOASID_STATE_FREE_PENDING)
+          fail(`IOASID ${id} in state ${state}`);
+        if (this.pinned.size === 0 && this.depth === 0 && !this.refcounted && users !== 1)
+          fail(`IOASID ${id} has ${users} users in a profile without refcounts`);
+        const setId = ch.set[off]!;
+        if (setId !== NO_SET) {
+          const set = this.sets[setId];
+          if (set === undefined) fail(`IOASID ${id} belongs to set slot ${setId}, which is empty`);
+          perSet.set(setId, (perSet.get(setId) ?? 0) + 1);
+          const spid = ch.spid[off]!;
+          if (spid !== INVALID_IOASID) {
+            let m = spidSeen.get(setId);
+            if (m === undefined) spidSeen.set(setId, (m = new Map()));
+            if (m.has(spid)) fail(`SPID ${spid} bound twice in set ${setId}`);
+            m.set(spid, id);
+          }
+        } else if (ch.spid[off] !== INVALID_IOASID) {
+          fail(`IOASID ${id} has an SPID but no set`);
+        }
+      });
+    }
+    let reserved = 0;
+    const setSlots = this.setIds.ids();
+    for (const sid of setSlots) if (this.sets[sid] === undefined) fail(`set ID ${sid} taken but no set`);
+    for (let i = 0; i < this.sets.length; i++) {
+      const set = this.sets[i];
+      if (set === undefined) continue;
+      if (set.id !== i) fail(`set slot ${i} holds set ${set.id}`);
+      if (!this.setIds.has(i)) fail(`set ${i} lives but its ID is free`);
+      const n = perSet.get(i) ?? 0;
+      if (n !== set.nrIoasids) fail(`${set}: nr_ioasids ${set.nrIoasids} but ${n} IOASIDs recorded`);
+      if (set.nrIoasids > set.quota && !set.dead)
+        fail(`${set}: ${set.nrIoasids} IOASIDs above quota ${set.quota}`);
+      if (set.dead) {
+        if (set.nrIoasids === 0) fail(`${set}: destroyed and empty but its slot is still held`);
+      } else {
+        if (set.ref < 1) fail(`${set}: live with ref ${set.ref}`);
+        if (set.reserves) reserved += set.quota;
+      }
+      const seen = spidSeen.get(i) ?? new Map<number, number>();
+      if (!set.dead) {
+        if (seen.size !== set.spids.size)
+          fail(`${set}: SPID index has ${set.spids.size} entries, records ${seen.size}`);
+        for (const [spid, id] of seen)
+          if (set.spids.get(spid) !== id) fail(`${set}: SPID ${spid} index disagrees`);
+      }
+    }
+    if (this.capacityAvail < 0) fail(`capacity_avail ${this.capacityAvail} is negative`);
+    if (this.capacityAvail + reserved !== this.capacity)
+      fail(`capacity_avail ${this.capacityAvail} + reserved ${reserved} != capacity ${this.capacity}`);
+    for (const e of this.mmEntries) {
+      if (e.active) {
+        if (e.set === null || !this.isValidSet(e.set)) fail('an active mm notifier entry has no live set');
+        else if (!e.set.nh.has(e.nb)) fail('an active mm notifier entry is not on its set chain');
+      } else if (e.set !== null) fail('an inactive mm notifier entry still names a set');
+    }
+    if (this.allocators.length === 0 && this.active !== this.defaultAllocator)
+      fail('no custom allocator registered but the default is not active');
+    if (this.allocators.length !== 0 && !this.allocators.includes(this.active))
+      fail('custom allocators registered but none of them is active');
+  }
+}
