@@ -18,13 +18,16 @@ export const PROFILES: readonly Profile[] = ['v3', 'm55', 'm511', 'g66'];
  * - handle: a `$NAME` reference to a handle; `kind` names the handle kind ('set', 'nb', ...)
  * - bdf: a device "bb:dd.f" string naming a machine device
  * - enum: one of `values` (strings)
- * - step: a nested step (a recorder's "on" action), validated as a step itself
+ * - size: a byte count (number, or a string with KiB/MiB/GiB)
+ * - on: a notifier recorder's actions: event name -> nested step, plus `return`
+ * - raw: any value; the op's `check` validates it
  */
 export type ParamKind =
   | { type: 'u8' | 'u16' | 'u32' | 'u64' | 'int' | 'bool' | 'string' | 'any' | 'bdf' }
   | { type: 'handle'; kind: string; nullable?: boolean }
   | { type: 'enum'; values: readonly string[] }
   | { type: 'size' }
+  | { type: 'on' }
   | { type: 'raw' };
 
 export interface ParamDef {

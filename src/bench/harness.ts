@@ -1,0 +1,46 @@
+// The benchmark harness of ../shared/bench/WORKLOADS.md: the xorshift32 generator every
+// workload restarts from seed 1, the result line shape, and a timer. Workloads themselves live
+// beside the code they measure (src/ioasid/bench.ts, src/hw/vtd/bench.ts, ...).
+
+export interface BenchResult {
+  workload: string;
+  impl?: string;
+  ops?: number;
+  seconds?: number;
+  opsPerSec?: number;
+  bytesPerId?: number;
+  check?: number | string;
+  [k: string]: unknown;
+}
+
+/** xorshift32 as WORKLOADS.md defines it, seed 1. */
+export class XorShift32 {
+  private x = 1;
+  next(): number {
+    let x = this.x;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.x = x >>> 0;
+    return this.x;
+  }
+}
+
+export function now(): number {
+  return performance.now() / 1000;
+}
+
+export function result(
+  workload: string,
+  ops: number,
+  seconds: number,
+  extra: Partial<BenchResult> = {},
+): BenchResult {
+  return {
+    workload,
+    ...extra,
+    ops,
+    seconds: Number(seconds.toFixed(6)),
+    opsPerSec: Math.round(ops / seconds),
+  };
+}

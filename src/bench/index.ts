@@ -1,0 +1,25 @@
+// The benchmark table behind `pasidkit bench`: every workload of ../shared/bench/WORKLOADS.md
+// that pasidkit implements, in the order the file lists them, plus peer implementations.
+
+import {
+  benchAllocChurn,
+  benchAllocChurnNumberAllocator,
+  benchAllocFill,
+  benchFind,
+  benchPasidMemory,
+} from '../ioasid/bench.ts';
+import type { BenchResult } from './harness.ts';
+
+export interface Workload {
+  name: string;
+  run: () => BenchResult | Promise<BenchResult>;
+  /** A peer implementation's line, printed after the workload's own. */
+  peers?: (() => BenchResult | Promise<BenchResult>)[];
+}
+
+export const WORKLOADS: Workload[] = [
+  { name: 'alloc-fill', run: benchAllocFill },
+  { name: 'alloc-churn', run: benchAllocChurn, peers: [benchAllocChurnNumberAllocator] },
+  { name: 'find', run: benchFind },
+  { name: 'pasid-memory', run: benchPasidMemory },
+];
