@@ -185,6 +185,14 @@ export class IoasidCore {
     return set != null && this.sets[set.id] === set && !set.dead;
   }
 
+  /**
+   * `set` owns a record whose set field is `setId`: the same object, not just the same slot
+   * number (a stale or foreign handle may carry a slot number that a live set now uses).
+   */
+  private owns(set: IoasidSet, setId: number): boolean {
+    return setId === set.id && this.sets[setId] === set;
+  }
+
   private setOfRecord(setId: number): IoasidSet | undefined {
     return setId === NO_SET ? undefined : this.sets[setId];
   }
@@ -423,19 +431,21 @@ export class IoasidCore {
         e.active = false;
       }
     }
+    // Every member, ascending by ID across all tables (orphans included, P10).
+    const members: [number, IdTable][] = [];
     for (const table of this.allTables()) {
-      const members: number[] = [];
       table.forEach((id, ch, off) => {
-        if (ch.set[off] === set.id) members.push(id);
+        if (ch.set[off] === set.id) members.push([id, table]);
       });
-      for (const id of members) {
-        const ch = table.chunkOf(id);
-        if (ch === undefined) continue; // reclaimed by a callback meanwhile
-        const off = id & ID_TABLE_CHUNK_MASK;
-        if (ch.set[off] !== set.id || ch.state[off] === IOASID_STATE_FREE_PENDING) continue;
-        if (table !== this.active.table) this.warn('set destroyed with an orphaned IOASID', { id });
-        this.freeLocked(table, ch, id, set);
-      }
+    }
+    members.sort((a, b) => a[0] - b[0]);
+    for (const [id, table] of members) {
+      const ch = table.chunkOf(id);
+      if (ch === undefined) continue; // reclaimed by a callback meanwhile
+      const off = id & ID_TABLE_CHUNK_MASK;
+      if (ch.set[off] !== set.id || ch.state[off] === IOASID_STATE_FREE_PENDING) continue;
+      if (table !== this.active.table) this.warn('set destroyed with an orphaned IOASID', { id });
+      this.freeLocked(table, ch, id, set);
     }
     set.nh.clear();
     if (set.nrIoasids === 0) this.releaseSetSlot(set);
@@ -464,13 +474,18 @@ export class IoasidCore {
 
   /** IDs of a set in ascending order (FREE_PENDING ones included), in every allocator's table. */
   setMembers(set: IoasidSet): number[] {
-    const out: number[] = [];
+    return this.setMemberRecords(set).map((r) => r.id);
+  }
+
+  /** As setMembers, with each record's private data (read from the record's own table, orphans too). */
+  setMemberRecords(set: IoasidSet): { id: number; priv: unknown }[] {
+    const out: { id: number; priv: unknown }[] = [];
     for (const table of this.allTables()) {
       table.forEach((id, ch, off) => {
-        if (ch.set[off] === set.id) out.push(id);
+        if (ch.set[off] === set.id) out.push({ id, priv: ch.priv[off] });
       });
     }
-    return out.sort((a, b) => a - b);
+    return out.sort((a, b) => a.id - b.id);
   }
 
   ioasidSetForEachIoasid(set: IoasidSet, fn: (id: number) => void): void {
@@ -562,7 +577,7 @@ export class IoasidCore {
       }
       const off = id & ID_TABLE_CHUNK_MASK;
       // P3: ownership is the security property; NULL is no owner.
-      if (set === null || ch.set[off] !== set.id || this.sets[set.id] !== set) {
+      if (set === null || !this.owns(set, ch.set[off]!)) {
         this.warn('ioasid_free: set does not own the IOASID', { id });
         return;
       }
@@ -601,7 +616,7 @@ export class IoasidCore {
       const off = id & ID_TABLE_CHUNK_MASK;
       if (ch.state[off] === IOASID_STATE_FREE_PENDING)
         return kerr('EBUSY', `ioasid_get: IOASID ${id} is being freed (P2: no new references)`);
-      if (set !== null && ch.set[off] !== set.id)
+      if (set !== null && !this.owns(set, ch.set[off]!))
         return kerr('EACCES', `ioasid_get: IOASID ${id} does not belong to ${set}`);
       ch.users[off]!++;
       return 0;
@@ -636,7 +651,7 @@ export class IoasidCore {
         return false;
       }
       const off = id & ID_TABLE_CHUNK_MASK;
-      if (set !== null && ch.set[off] !== set.id) {
+      if (set !== null && !this.owns(set, ch.set[off]!)) {
         this.warn('ioasid_put: set does not own the IOASID', { id });
         return false;
       }
@@ -662,7 +677,7 @@ export class IoasidCore {
     const off = id & ID_TABLE_CHUNK_MASK;
     if (this.v3 && ch.state[off] === IOASID_STATE_FREE_PENDING)
       return kerr('ENOENT', `ioasid_find: IOASID ${id} is being freed (P2)`);
-    if (set !== null && ch.set[off] !== set.id)
+    if (set !== null && !this.owns(set, ch.set[off]!))
       return kerr('EACCES', `ioasid_find: IOASID ${id} does not belong to ${set}`);
     const priv = ch.priv[off];
     if (getter !== undefined && !getter(priv)) return null;
@@ -774,8 +789,9 @@ export class IoasidCore {
       const id = set.spids.get(spid);
       if (id === undefined) return INVALID_IOASID;
       const ch = this.active.table.chunkOf(id);
-      if (ch === undefined) return INVALID_IOASID; // orphaned by an allocator switch
       const off = id & ID_TABLE_CHUNK_MASK;
+      // Orphaned by an allocator switch: the active table may hold another record under that number.
+      if (ch === undefined || ch.set[off] !== set.id || ch.spid[off] !== spid) return INVALID_IOASID;
       // P2: no new references once the free has started.
       if (ch.state[off] === IOASID_STATE_FREE_PENDING) return INVALID_IOASID;
       ch.users[off]!++;

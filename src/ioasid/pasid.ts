@@ -102,8 +102,8 @@ export class IommuPasidApi {
   /** Calls fn for each of the consumer's PASIDs in ascending order; a non-zero return stops and is returned. */
   iommuPasidForEach(c: PasidConsumer, fn: (id: number, priv: unknown) => number): number | KernelError {
     if (!this.valid(c)) return kerr('EINVAL', 'iommu_pasid_for_each: not a live PASID consumer');
-    for (const id of this.core.setMembers(c.set)) {
-      const r = fn(id, this.core.inspect(id)?.priv ?? null);
+    for (const { id, priv } of this.core.setMemberRecords(c.set)) {
+      const r = fn(id, priv ?? null);
       if (r !== 0) return r;
     }
     return 0;
