@@ -204,11 +204,12 @@ export class IoasidCore {
     id: number,
     ch: Chunk,
     off: number,
+    spid: number = ch.spid[off]!,
   ): void {
     const toGlobal = (flags & IOASID_NOTIFY_FLAG_ALL) !== 0 && this.globalChain.length !== 0;
     const toSet = (flags & IOASID_NOTIFY_FLAG_SET) !== 0 && set !== undefined && set.nh.length !== 0;
     if (!toGlobal && !toSet && this.tracer === null) return;
-    const args = { id, spid: ch.spid[off]!, set: set ?? null, pdata: ch.priv[off] };
+    const args = { id, spid, set: set ?? null, pdata: ch.priv[off] };
     if (this.tracer !== null) {
       this.tracer({
         kind: 'notify',
@@ -218,9 +219,12 @@ export class IoasidCore {
         chains: [toGlobal ? 'global' : null, toSet ? 'set' : null].filter((c) => c !== null),
       });
     }
-    // Global first, then the set's chain (P8; research D.3).
+    // Global first, then the set's chain (P8; research D.3). Both listener lists are taken at
+    // emission (research G.4 lesson 4): a global callback that destroys the set or unregisters
+    // a set listener does not take this event away from the set chain.
+    const setEntries = toSet ? set.nh.snapshot() : null;
     if (toGlobal) this.globalChain.call(event, args);
-    if (toSet) set.nh.call(event, { ...args });
+    if (setEntries !== null) NotifierChain.callEntries(setEntries, event, { ...args });
   }
 
   private tableFor(ops: IoasidAllocatorOps): IdTable {
@@ -765,14 +769,11 @@ export class IoasidCore {
         return;
       }
       const set = this.setOfRecord(ch.set[off]!);
-      // P5: the UNBIND payload carries the SPID being detached, so notify before clearing it.
-      this.notify(IOASID_NOTIFY_UNBIND, IOASID_NOTIFY_FLAG_SET, set, id, ch, off);
-      // A callback may have reclaimed or re-bound the ID; clear only what is still ours.
-      const again = this.active.table.chunkOf(id);
-      if (again === ch && ch.spid[off] === spid) {
-        ch.spid[off] = INVALID_IOASID;
-        if (set !== undefined && set.spids.get(spid) === id) set.spids.delete(spid);
-      }
+      // Clear before notifying, so that a callback's own detach_spid is a no-op (one UNBIND per
+      // transition, P8) rather than a recursion; P5: the payload still carries the detached SPID.
+      ch.spid[off] = INVALID_IOASID;
+      if (set !== undefined && set.spids.get(spid) === id) set.spids.delete(spid);
+      this.notify(IOASID_NOTIFY_UNBIND, IOASID_NOTIFY_FLAG_SET, set, id, ch, off, spid);
     } finally {
       this.leave();
     }

@@ -50,7 +50,7 @@ export interface NotifierBlock {
   priority: number;
 }
 
-interface ChainEntry {
+export interface ChainEntry {
   nb: NotifierBlock;
   priority: number;
 }
@@ -90,7 +90,16 @@ export class NotifierChain {
 
   /** Calls every block in order until one returns a value with NOTIFY_STOP_MASK; returns the last value. */
   call(event: IoasidNotifyVal, args: IoasidNbArgs): number {
-    const snapshot = this.entries;
+    return NotifierChain.callEntries(this.entries, event, args);
+  }
+
+  /** The chain as it is now (entries are copy-on-write, so later changes do not touch it). */
+  snapshot(): readonly ChainEntry[] {
+    return this.entries;
+  }
+
+  /** Walks a snapshot taken earlier (see call). */
+  static callEntries(snapshot: readonly ChainEntry[], event: IoasidNotifyVal, args: IoasidNbArgs): number {
     let ret = NOTIFY_DONE;
     for (const e of snapshot) {
       ret = e.nb.notifierCall(event, args);
