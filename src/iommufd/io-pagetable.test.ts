@@ -272,6 +272,15 @@ describe('automatic IOVA (B.3)', () => {
     }
   });
 
+  test('a one-byte hole is never used, even for a one-byte map (the kernel checks aligned >= last)', () => {
+    const io = new IoPagetable();
+    ok(io.setAllowIova([{ start: 0x10000n, last: 0x10001n }]));
+    ok(map(io, 0x10000n, 1n, BUFFER));
+    assert.equal(code(map(io, 0n, 1n, BUFFER, AUTO)), 'ENOSPC');
+    ok(io.unmapAll());
+    assert.equal(ok(map(io, 0n, 1n, BUFFER, AUTO)).iova, 0x10000n);
+  });
+
   test('no room anywhere is ENOSPC', () => {
     const io = new IoPagetable();
     // Alignment is part of fitting: 2 pages need a 2-page aligned start inside the window.
