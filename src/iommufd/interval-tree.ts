@@ -22,6 +22,10 @@ export class IntervalNode<T> {
   right: IntervalNode<T> | null = null;
   readonly prio: number;
   maxLast: bigint;
+  /** The smallest start in the subtree. */
+  minStart: bigint;
+  /** The total length of the subtree's intervals (meaningful for disjoint trees). */
+  sumLen: bigint;
   constructor(start: bigint, last: bigint, value: T, seq: number, prio: number) {
     this.start = start;
     this.last = last;
@@ -29,6 +33,8 @@ export class IntervalNode<T> {
     this.seq = seq;
     this.prio = prio;
     this.maxLast = last;
+    this.minStart = start;
+    this.sumLen = last - start + 1n;
   }
 }
 
@@ -39,10 +45,29 @@ function cmpKey<T>(a: IntervalNode<T>, start: bigint, seq: number): number {
 
 function update<T>(n: IntervalNode<T>): void {
   let m = n.last;
-  if (n.left && n.left.maxLast > m) m = n.left.maxLast;
-  if (n.right && n.right.maxLast > m) m = n.right.maxLast;
+  let sum = n.last - n.start + 1n;
+  if (n.left) {
+    if (n.left.maxLast > m) m = n.left.maxLast;
+    sum += n.left.sumLen;
+  }
+  if (n.right) {
+    if (n.right.maxLast > m) m = n.right.maxLast;
+    sum += n.right.sumLen;
+  }
   n.maxLast = m;
+  n.minStart = n.left ? n.left.minStart : n.start;
+  n.sumLen = sum;
 }
+
+/** In a disjoint tree: the subtree's intervals are back to back, one run with no gap. */
+function contiguous<T>(n: IntervalNode<T>): boolean {
+  return n.sumLen === n.maxLast - n.minStart + 1n;
+}
+
+/** A run scan either ended (`end` = its last byte) or continues at `next`. */
+type RunScan =
+  | { readonly ended: true; readonly end: bigint }
+  | { readonly ended: false; readonly next: bigint };
 
 function rotateRight<T>(n: IntervalNode<T>): IntervalNode<T> {
   const l = n.left!;
@@ -179,6 +204,40 @@ export class IntervalTree<T> {
     return null;
   }
 
+  /**
+   * For a tree of disjoint intervals (io_pagetable's areas): the last byte of the run of
+   * back-to-back intervals that contains `p`, or null when no interval contains `p`. Whole
+   * contiguous subtrees are skipped, so this is O(log n) however long the run is; it lets the
+   * IOVA allocator step over thousands of adjacent areas at once.
+   */
+  contiguousEnd(p: bigint): bigint | null {
+    const n0 = this.iterFirst(p, p);
+    if (n0 === null) return null;
+    const r = this.scanAfter(this.root, n0, n0.last + 1n);
+    return r.ended ? r.end : r.next - 1n;
+  }
+
+  /** Continue a run expecting the next interval at `next`, over the nodes after `after`. */
+  private scanAfter(n: IntervalNode<T> | null, after: IntervalNode<T>, next: bigint): RunScan {
+    while (n !== null && cmpKey(n, after.start, after.seq) <= 0) n = n.right;
+    if (n === null) return { ended: false, next };
+    const r = this.scanAfter(n.left, after, next);
+    if (r.ended) return r;
+    if (n.start !== r.next) return { ended: true, end: r.next - 1n };
+    return this.scan(n.right, n.last + 1n);
+  }
+
+  /** Continue a run expecting the next interval at `next`, over a whole subtree. */
+  private scan(n: IntervalNode<T> | null, next: bigint): RunScan {
+    if (n === null) return { ended: false, next };
+    if (n.minStart !== next) return { ended: true, end: next - 1n };
+    if (contiguous(n)) return { ended: false, next: n.maxLast + 1n };
+    const r = this.scan(n.left, next);
+    if (r.ended) return r;
+    if (n.start !== r.next) return { ended: true, end: r.next - 1n };
+    return this.scan(n.right, n.last + 1n);
+  }
+
   /** Every node intersecting [start, last], in start order. */
   *overlapping(start: bigint, last: bigint): Generator<IntervalNode<T>> {
     for (let n = this.iterFirst(start, last); n !== null; n = this.iterNext(n, start, last)) yield n;
@@ -250,6 +309,9 @@ export class IntervalTree<T> {
       if (n.left && n.left.maxLast > m) m = n.left.maxLast;
       if (n.right && n.right.maxLast > m) m = n.right.maxLast;
       invariant(n.maxLast === m, 'interval tree: maxLast augmentation');
+      invariant(n.minStart === (n.left ? n.left.minStart : n.start), 'interval tree: minStart augmentation');
+      const sum = n.last - n.start + 1n + (n.left?.sumLen ?? 0n) + (n.right?.sumLen ?? 0n);
+      invariant(n.sumLen === sum, 'interval tree: sumLen augmentation');
       walk(n.left, lo, n);
       walk(n.right, n, hi);
     };

@@ -81,6 +81,51 @@ describe('interval tree', () => {
   });
 });
 
+describe('interval tree runs', () => {
+  test('contiguousEnd finds the end of a run of back-to-back disjoint intervals', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.nat({ max: 3 }), fc.integer({ min: 1, max: 4 })), { maxLength: 80 }),
+        fc.array(fc.nat(), { maxLength: 20 }),
+        fc.nat({ max: 400 }),
+        (pieces, removals, probe) => {
+          // Disjoint intervals: each starts `gap` after the previous one ends.
+          const ivs: { s: bigint; l: bigint }[] = [];
+          let at = 0n;
+          for (const [gap, length] of pieces) {
+            const s = at + BigInt(gap);
+            ivs.push({ s, l: s + BigInt(length) - 1n });
+            at = s + BigInt(length);
+          }
+          const t = new IntervalTree<null>();
+          const order = ivs.map((_, i) => i).sort((a, b) => ((a * 7919) % 101) - ((b * 7919) % 101));
+          const nodes = new Map<number, ReturnType<typeof t.insert>>();
+          for (const i of order) nodes.set(i, t.insert(ivs[i]!.s, ivs[i]!.l, null));
+          const live = new Set(nodes.keys());
+          for (const r of removals) {
+            if (live.size === 0) break;
+            const i = [...live][r % live.size]!;
+            t.remove(nodes.get(i)!);
+            live.delete(i);
+          }
+          t.checkInvariants();
+          const alive = [...live].sort((a, b) => a - b).map((i) => ivs[i]!);
+          const p = BigInt(probe);
+          const k = alive.findIndex((x) => x.s <= p && p <= x.l);
+          let want: bigint | null = null;
+          if (k >= 0) {
+            let j = k;
+            while (j + 1 < alive.length && alive[j + 1]!.s === alive[j]!.l + 1n) j++;
+            want = alive[j]!.l;
+          }
+          assert.equal(t.contiguousEnd(p), want);
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
+});
+
 // ---- the reference -------------------------------------------------------------------------------
 
 function merged(rs: readonly R[]): R[] {

@@ -288,15 +288,16 @@ export class IoPagetable {
         return;
       }
       if (n.start > pos) yield { start: pos, last: n.start - 1n };
-      // Walk to the end of the covered run: anything containing the next byte extends it.
+      // Walk to the end of the covered run: anything containing the next byte extends it. Runs
+      // of adjacent areas are stepped over whole (the areas never overlap).
       let end = n.last;
       for (;;) {
         if (end >= last) return;
         const p = end + 1n;
         const rr = this.reservedTree.iterFirst(p, p);
-        const aa = this.areaTree.iterFirst(p, p);
+        const aa = this.areaTree.contiguousEnd(p);
         if (rr === null && aa === null) break;
-        end = rr !== null && (aa === null || rr.last > aa.last) ? rr.last : aa!.last;
+        end = rr !== null && (aa === null || rr.last > aa) ? rr.last : aa!;
       }
       pos = end + 1n;
     }
