@@ -10,6 +10,7 @@ export * from './dispatch.ts';
 export * from './ioc.ts';
 export * from './ioctls.ts';
 export * from './layout.ts';
+export * from './pointers.ts';
 export * from './structs.ts';
 
 /**

@@ -26,6 +26,8 @@ import {
   iommu_ioas_map,
   iommu_test_cmd,
   offsetof,
+  POINTER_FIELDS,
+  pointerFields,
   STRUCTS,
   type StructDef,
   TEST_OP_MEMBER,
@@ -621,5 +623,31 @@ describe('constants', () => {
     assert.equal(c['VFIO_DEVICE_ATTACH_PASID'], 1);
     assert.equal(c['U64_MAX'], 2n ** 64n - 1n);
     assert.equal(c['IOMMUFD_CMD_HW_QUEUE_ALLOC'], 0x94);
+  });
+});
+
+describe('pointer fields', () => {
+  test('every pointer field and its companions name real fields of u64/u32 type', () => {
+    const resolve = (s: StructDef, path: string): Field | undefined => {
+      const [head, tail] = path.split('.') as [string, string | undefined];
+      for (const f of s.fields) {
+        if (f.type === 'union') {
+          const m = f.members.find((x) => x.name === head);
+          if (m && tail === undefined) return m;
+          if (m && m.type === 'struct') return resolve(m.struct, tail!);
+        } else if (f.name === head) return f;
+      }
+      return undefined;
+    };
+    for (const p of POINTER_FIELDS) {
+      const s = (STRUCTS as Record<string, StructDef>)[p.struct];
+      assert.ok(s, p.struct);
+      const f = resolve(s, p.field);
+      assert.ok(f && f.type === 'u64', `${p.struct}.${p.field} is a u64`);
+      for (const c of [p.count, p.len, p.elemBy?.field]) {
+        if (c !== undefined) assert.ok(resolve(s, c), `${p.struct}.${c}`);
+      }
+    }
+    assert.equal(pointerFields('iommu_hwpt_alloc')[0]?.elemBy?.map[0xdead]?.name, 'iommu_hwpt_selftest');
   });
 });
