@@ -135,6 +135,13 @@ export const VFIO_ENUMS = {
   VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: 1 << 0,
   VFIO_DMA_UNMAP_FLAG_ALL: 1 << 1,
   VFIO_DMA_UNMAP_FLAG_VADDR: 1 << 2,
+  // struct vfio_iommu_type1_info flags and capability ids
+  VFIO_IOMMU_INFO_PGSIZES: 1 << 0,
+  VFIO_IOMMU_INFO_CAPS: 1 << 1,
+  VFIO_IOMMU_INFO_DIRTY_PGS: 1 << 2,
+  VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: 1,
+  VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: 2,
+  VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: 3,
 } as const;
 
 /** drivers/iommu/iommufd/iommufd_test.h (CONFIG_IOMMUFD_TEST), research A.24. */

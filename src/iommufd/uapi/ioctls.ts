@@ -84,9 +84,9 @@ export const IOCTLS = {
   VFIO_GET_API_VERSION: vfio('VFIO_GET_API_VERSION', 0, 'vfio-container', null),
   VFIO_CHECK_EXTENSION: vfio('VFIO_CHECK_EXTENSION', 1, 'vfio-container', null),
   VFIO_SET_IOMMU: vfio('VFIO_SET_IOMMU', 2, 'vfio-container', null),
-  VFIO_IOMMU_GET_INFO: vfio('VFIO_IOMMU_GET_INFO', 12, 'vfio-container', null),
-  VFIO_IOMMU_MAP_DMA: vfio('VFIO_IOMMU_MAP_DMA', 13, 'vfio-container', null),
-  VFIO_IOMMU_UNMAP_DMA: vfio('VFIO_IOMMU_UNMAP_DMA', 14, 'vfio-container', null),
+  VFIO_IOMMU_GET_INFO: vfio('VFIO_IOMMU_GET_INFO', 12, 'vfio-container', S.vfio_iommu_type1_info),
+  VFIO_IOMMU_MAP_DMA: vfio('VFIO_IOMMU_MAP_DMA', 13, 'vfio-container', S.vfio_iommu_type1_dma_map),
+  VFIO_IOMMU_UNMAP_DMA: vfio('VFIO_IOMMU_UNMAP_DMA', 14, 'vfio-container', S.vfio_iommu_type1_dma_unmap),
   VFIO_IOMMU_DIRTY_PAGES: vfio('VFIO_IOMMU_DIRTY_PAGES', 17, 'vfio-container', null),
 } as const satisfies Record<string, IoctlDef>;
 

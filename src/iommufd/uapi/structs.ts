@@ -395,6 +395,58 @@ export const vfio_device_detach_iommufd_pt = defineStruct(
   { masks: { flags: 0b1 } },
 );
 
+// ---- include/uapi/linux/vfio.h, the container ioctls /dev/iommu emulates (research A.23) -------
+// min_size here is the `minsz` the compat code checks argsz against (vfio_compat.c).
+
+export const vfio_iommu_type1_info = defineStruct(
+  'vfio_iommu_type1_info',
+  24,
+  'iova_pgsizes',
+  [u32('argsz', 0), u32('flags', 4), u64('iova_pgsizes', 8), u32('cap_offset', 16), u32('pad', 20)],
+  { masks: { flags: 0b111 } },
+);
+
+export const vfio_iommu_type1_dma_map = defineStruct(
+  'vfio_iommu_type1_dma_map',
+  32,
+  'size',
+  [u32('argsz', 0), u32('flags', 4), u64('vaddr', 8), u64('iova', 16), u64('size', 24)],
+  { masks: { flags: 0b11 } },
+);
+
+export const vfio_iommu_type1_dma_unmap = defineStruct(
+  'vfio_iommu_type1_dma_unmap',
+  24,
+  'size',
+  [u32('argsz', 0), u32('flags', 4), u64('iova', 8), u64('size', 16)],
+  { masks: { flags: 0b10 } },
+);
+
+export const vfio_info_cap_header = defineStruct('vfio_info_cap_header', 8, 'next', [
+  u16('id', 0),
+  u16('version', 2),
+  u32('next', 4),
+]);
+
+export const vfio_iova_range = defineStruct('vfio_iova_range', 16, 'end', [u64('start', 0), u64('end', 8)]);
+
+/** Followed by nr_iovas struct vfio_iova_range (a flexible array, not part of sizeof). */
+export const vfio_iommu_type1_info_cap_iova_range = defineStruct(
+  'vfio_iommu_type1_info_cap_iova_range',
+  16,
+  'reserved',
+  [
+    { name: 'header', offset: 0, type: 'struct', struct: vfio_info_cap_header },
+    u32('nr_iovas', 8),
+    u32('reserved', 12),
+  ],
+);
+
+export const vfio_iommu_type1_info_dma_avail = defineStruct('vfio_iommu_type1_info_dma_avail', 12, 'avail', [
+  { name: 'header', offset: 0, type: 'struct', struct: vfio_info_cap_header },
+  u32('avail', 8),
+]);
+
 // ---- drivers/iommu/iommufd/iommufd_test.h (research A.24) -----------------------------------
 
 const member = <const N extends string, const S extends StructDef>(name: N, struct: S) =>
@@ -607,6 +659,13 @@ export const STRUCTS = {
   vfio_device_bind_iommufd,
   vfio_device_attach_iommufd_pt,
   vfio_device_detach_iommufd_pt,
+  vfio_iommu_type1_info,
+  vfio_iommu_type1_dma_map,
+  vfio_iommu_type1_dma_unmap,
+  vfio_info_cap_header,
+  vfio_iova_range,
+  vfio_iommu_type1_info_cap_iova_range,
+  vfio_iommu_type1_info_dma_avail,
   iommu_test_cmd,
   iommu_test_hw_info,
   iommu_hwpt_selftest,

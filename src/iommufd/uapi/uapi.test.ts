@@ -124,6 +124,9 @@ describe('ioctl numbers', () => {
       VFIO_DEVICE_BIND_IOMMUFD: [24, 16],
       VFIO_DEVICE_ATTACH_IOMMUFD_PT: [16, 12],
       VFIO_DEVICE_DETACH_IOMMUFD_PT: [12, 8],
+      VFIO_IOMMU_GET_INFO: [24, 16],
+      VFIO_IOMMU_MAP_DMA: [32, 32],
+      VFIO_IOMMU_UNMAP_DMA: [24, 24],
     };
     for (const [name, [size, min]] of Object.entries(expect)) {
       const s = ioctlByName(name)?.struct;
