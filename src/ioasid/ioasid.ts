@@ -139,7 +139,8 @@ export class IoasidCore {
   private readonly mmEntries: MmNotifierEntry[] = [];
 
   /** IDs held by an in-flight FREE delivery (P9): a callback cannot drop them to zero under the caller. */
-  private readonly pinned = new Map<number, number>();
+  /** Pins per table: the same number may be a different record in another allocator's table (P10). */
+  private readonly pinned = new Map<IdTable, Map<number, number>>();
   private depth = 0;
 
   constructor(opts: IoasidCoreOptions = {}) {
@@ -283,13 +284,15 @@ export class IoasidCore {
     if (this.v3 && (this.globalChain.length !== 0 || (set !== undefined && set.nh.length !== 0))) {
       // Pin the record across the callbacks (P9): one of them may drop the last reference.
       ch.users[off]!++;
-      this.pinned.set(id, (this.pinned.get(id) ?? 0) + 1);
+      let pins = this.pinned.get(table);
+      if (pins === undefined) this.pinned.set(table, (pins = new Map()));
+      pins.set(id, (pins.get(id) ?? 0) + 1);
       try {
         this.notify(IOASID_NOTIFY_FREE, IOASID_NOTIFY_FLAG_ALL | IOASID_NOTIFY_FLAG_SET, set, id, ch, off);
       } finally {
-        const n = this.pinned.get(id)! - 1;
-        if (n === 0) this.pinned.delete(id);
-        else this.pinned.set(id, n);
+        const n = pins.get(id)! - 1;
+        if (n !== 0) pins.set(id, n);
+        else if (pins.delete(id) && pins.size === 0) this.pinned.delete(table);
         ch.users[off]!--;
       }
       // A callback that dropped the allocation reference has done the free's put for it.
@@ -659,7 +662,7 @@ export class IoasidCore {
         this.warn('ioasid_put: set does not own the IOASID', { id });
         return false;
       }
-      if (ch.users[off] === 1 && this.pinned.has(id)) {
+      if (ch.users[off] === 1 && this.pinned.get(table)?.has(id) === true) {
         // Only the in-flight FREE's own pin is left: a put more than the caller holds.
         this.warn('ioasid_put: refcount underflow', { id });
         return false;

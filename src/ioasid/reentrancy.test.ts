@@ -361,6 +361,31 @@ describe('P9: notifier callbacks re-entering the core', () => {
     m.checkInvariants();
   });
 
+  test('P9: the pin is per record: a callback that switches allocators may put a same-numbered ID', () => {
+    const { m, s, g, fns, warnings } = setup();
+    const c = m.ioasid;
+    const x = c.ioasidAlloc(s, 5, 5);
+    const got: unknown[] = [];
+    g.on = (ev) => {
+      if (ev !== IOASID_NOTIFY_FREE) return;
+      g.on = null;
+      c.ioasidUnregisterAllocator(opsOf(fns)); // x becomes an orphan mid-delivery
+      const y = c.ioasidAlloc(s, x, x); // the default allocator: same number, another record
+      got.push(y, c.ioasidPut(s, y), c.inspect(y));
+    };
+    warnings();
+    c.ioasidFree(s, x);
+    assert.deepEqual(got, [x, true, undefined], "the new record's only reference was dropped");
+    assert.equal(
+      warnings().filter((e) => String(e['msg']).includes('underflow')).length,
+      0,
+      'not mistaken for the pinned orphan',
+    );
+    assert.equal(c.liveCount, 0);
+    assert.deepEqual(c.orphans(), []);
+    m.checkInvariants();
+  });
+
   test('P9: a FREE callback on an ID with a SPID: find_by_spid refuses it (P2), detach works', () => {
     const { m, s, log, g } = setup();
     const c = m.ioasid;
