@@ -276,9 +276,8 @@ describe('fail_nth sweeps', () => {
           'no PASID consumed by a failure',
         );
         return () => {
-          const [a, b] = got;
-          if (a !== undefined) api.iommuPasidFree(a[0], a[1]); // one freed explicitly, the rest by exit
-          void b;
+          const first = got[0];
+          if (first !== undefined) api.iommuPasidFree(first[0], first[1]); // one freed explicitly, the rest by exit
           for (const c of [p, q]) if (c instanceof PasidConsumer) api.iommuPasidExit(c);
         };
       },

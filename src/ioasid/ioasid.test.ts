@@ -978,7 +978,7 @@ describe('quota and capacity accounting', () => {
     const c = m.ioasid;
     const s = nullSet(m, 2);
     const a = c.ioasidAlloc(s, 1, 100);
-    const b = c.ioasidAlloc(s, 1, 100);
+    assert.equal(c.ioasidAlloc(s, 1, 100), 2);
     assert.equal(c.ioasidAlloc(s, 1, 100), INVALID_IOASID);
     c.ioasidGet(s, a);
     c.ioasidFree(s, a);
@@ -988,7 +988,6 @@ describe('quota and capacity accounting', () => {
     assert.equal(s.nrIoasids, 1);
     assert.equal(c.ioasidAlloc(s, 1, 100), a);
     assert.equal(c.capacityAvailable, PCI_PASID_MAX - 2, 'alloc and reclaim leave capacity alone');
-    void b;
     m.checkInvariants();
   });
 
@@ -1226,11 +1225,10 @@ describe('mm notifier registration (pending list)', () => {
     const id = c.ioasidAlloc(s1, 1, 10);
     c.ioasidFree(s1, id);
     assert.deepEqual(brief(log), ['r:ALLOC:3', 'r:FREE:3']);
-    const id2 = c.ioasidAlloc(s1, 1, 10);
+    assert.equal(c.ioasidAlloc(s1, 1, 10), 3);
     c.ioasidSetPut(s1);
     assert.deepEqual(brief(log).slice(2), ['r:ALLOC:3', 'r:FREE:3'], 'FREE at destroy still reaches it');
     log.length = 0;
-    void id2;
     const s2 = mmSet(m, 'mm1', 4);
     c.ioasidAlloc(s2, 1, 10);
     assert.deepEqual(brief(log), ['r:ALLOC:3'], 'a new set with the same token picks it up');
@@ -1409,6 +1407,13 @@ describe('merged profiles', () => {
 // ------------------------------------------------------------------------------------ debug
 
 describe('debug mode', () => {
+  test('the default follows PASIDKIT_DEBUG (the test runner sets it)', () => {
+    const env = process.env['PASIDKIT_DEBUG'];
+    assert.equal(new Machine().debug, env === '1' || env === 'true');
+    assert.equal(new Machine({ debug: false }).ioasid.debug, false);
+    assert.equal(new Machine({ debug: true }).ioasid.debug, true);
+  });
+
   test('a corrupted model is caught after the next operation', () => {
     const m = new Machine({ debug: true });
     const s = nullSet(m, 4);
