@@ -597,6 +597,30 @@ describe('P8: notification timing and level', () => {
   });
 });
 
+// ------------------------------------------------------------------------------------ P9
+// (the full set of re-entrancy cases is in reentrancy.test.ts)
+
+describe('P9: callbacks may re-enter the core', () => {
+  test('P9: a FREE callback drops the last reference of the notified ID: reclaimed once, no crash', () => {
+    const { m } = fixture();
+    const c = m.ioasid;
+    const s = nullSet(m, 4);
+    const log: Ev[] = [];
+    const g = new Recorder('g', 0, log);
+    g.on = (_ev, args) => {
+      c.ioasidPut(null, args.id);
+    };
+    c.ioasidRegisterNotifier(null, g);
+    c.ioasidRegisterNotifier(s, new Recorder('s', 0, log));
+    const id = c.ioasidAlloc(s, 1, 10);
+    c.ioasidFree(s, id);
+    assert.deepEqual(brief(log), ['s:ALLOC:1', 'g:FREE:1', 's:FREE:1']);
+    assert.equal(c.liveCount, 0);
+    assert.equal(s.nrIoasids, 0);
+    m.checkInvariants();
+  });
+});
+
 // ------------------------------------------------------------------------------------ P10
 
 describe('P10: custom allocators', () => {
