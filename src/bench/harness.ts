@@ -15,14 +15,16 @@ export interface BenchResult {
 
 /** xorshift32 as WORKLOADS.md defines it, seed 1. */
 export class XorShift32 {
+  // Kept as int32 so the field stays a small integer (an unsigned value above 2^31 would be
+  // boxed as a heap number on every store); next() gives the unsigned value.
   private x = 1;
   next(): number {
     let x = this.x;
     x ^= x << 13;
     x ^= x >>> 17;
     x ^= x << 5;
-    this.x = x >>> 0;
-    return this.x;
+    this.x = x | 0;
+    return x >>> 0;
   }
 }
 

@@ -18,6 +18,8 @@ const L1_WORDS = L0_WORDS >>> 5; // 32
 const NCHUNKS = 2 ** 32 / CHUNK_IDS; // 131072
 const TOP_WORDS = NCHUNKS >>> 5; // 4096
 const LOW_CHUNKS = 64;
+/** Record meta bit: an SPID is attached. */
+export const META_HAS_SPID = 4;
 
 /** Index of the lowest set bit of a non-zero 32-bit value. */
 function ctz(x: number): number {
@@ -30,21 +32,96 @@ export class Chunk {
   /** Bit j set = l1 word j is all ones (its 1024 IDs are used). */
   l2 = 0;
   count = 0;
-  // Records (only when the table keeps them).
-  users!: Int32Array;
-  state!: Uint8Array;
-  set!: Int32Array;
-  spid!: Uint32Array;
-  priv!: unknown[];
+  /**
+   * Records (only when the table keeps them): two int32 per ID, [meta, users], with
+   * meta = (set + 1) << 3 | HAS_SPID << 2 | state. SPIDs and private data live in arrays made
+   * on first use, so a table whose IDs carry neither costs no JS array at all (allocating and
+   * scanning large JS arrays is what a fill of the PASID space would otherwise spend its time on).
+   */
+  rec!: Int32Array;
+  spids: Int32Array | null = null;
+  privs: unknown[] | null = null;
 
   constructor(records: boolean) {
-    if (records) {
-      this.users = new Int32Array(CHUNK_IDS);
-      this.state = new Uint8Array(CHUNK_IDS);
-      this.set = new Int32Array(CHUNK_IDS);
-      this.spid = new Uint32Array(CHUNK_IDS);
-      this.priv = new Array<unknown>(CHUNK_IDS).fill(null);
+    if (records) this.rec = new Int32Array(CHUNK_IDS * 2);
+  }
+
+  initRecord(off: number, setId: number, state: number, priv: unknown): void {
+    const i = off << 1;
+    this.rec[i] = ((setId + 1) << 3) | state;
+    this.rec[i + 1] = 1;
+    if (priv != null) this.setPriv(off, priv);
+  }
+
+  getUsers(off: number): number {
+    return this.rec[(off << 1) | 1]!;
+  }
+
+  setUsers(off: number, v: number): void {
+    this.rec[(off << 1) | 1] = v;
+  }
+
+  /** Adds d to the users count; returns the new count. */
+  addUsers(off: number, d: number): number {
+    const i = (off << 1) | 1;
+    const v = this.rec[i]! + d;
+    this.rec[i] = v;
+    return v;
+  }
+
+  getState(off: number): number {
+    return this.rec[off << 1]! & 3;
+  }
+
+  setState(off: number, state: number): void {
+    const i = off << 1;
+    this.rec[i] = (this.rec[i]! & ~3) | state;
+  }
+
+  /** The set slot of the record (-1: no set). */
+  getSet(off: number): number {
+    return (this.rec[off << 1]! >> 3) - 1;
+  }
+
+  setSet(off: number, setId: number): void {
+    const i = off << 1;
+    this.rec[i] = ((setId + 1) << 3) | (this.rec[i]! & 7);
+  }
+
+  /** The SPID, or 0xFFFFFFFF (INVALID_IOASID) when none is attached. */
+  getSpid(off: number): number {
+    return (this.rec[off << 1]! & META_HAS_SPID) !== 0 ? this.spids![off]! >>> 0 : 0xffffffff;
+  }
+
+  setSpid(off: number, spid: number): void {
+    const i = off << 1;
+    if (spid === 0xffffffff) {
+      this.rec[i] = this.rec[i]! & ~META_HAS_SPID;
+      return;
     }
+    if (this.spids === null) this.spids = new Int32Array(CHUNK_IDS);
+    this.spids[off] = spid | 0;
+    this.rec[i] = this.rec[i]! | META_HAS_SPID;
+  }
+
+  getPriv(off: number): unknown {
+    return this.privs === null ? null : this.privs[off];
+  }
+
+  setPriv(off: number, priv: unknown): void {
+    if (this.privs === null) {
+      if (priv == null) return;
+      this.privs = new Array<unknown>(CHUNK_IDS).fill(null);
+    }
+    this.privs[off] = priv ?? null;
+  }
+
+  /** Bookkeeping after a bit set made l0 word w all ones. */
+  markWordFull(w: number): void {
+    const j = w >>> 5;
+    const v1 = this.l1[j]! | (1 << (w & 31));
+    this.l1[j] = v1;
+    if (v1 === -1) this.l2 |= 1 << j;
   }
 
   /** Lowest free offset >= off in this chunk, or -1. Three ctz steps at most: no scanning. */
@@ -87,7 +164,13 @@ export class IdTable {
   /** Number of IDs in the table. */
   size = 0;
   /** Every ID below this one is in the table: searches from below it may start here. */
-  private firstFree = 0;
+  /**
+   * Search hint: every ID in [hintLo, hintHi) is in the table. A search whose min falls in that
+   * run starts at hintHi; each search teaches the hint the run it found ([min, result)), so a
+   * fill or a churn with the same min finds its ID in the first word it looks at.
+   */
+  private hintLo = 0;
+  private hintHi = 0;
 
   constructor(records: boolean) {
     this.records = records;
@@ -110,34 +193,84 @@ export class IdTable {
     return this.chunkOf(id) !== undefined;
   }
 
+  /** The chunk the last takeLowest() inserted into. */
+  lastChunk: Chunk | undefined = undefined;
+
+  /**
+   * lowestFree + insert in one step; -1 if no ID is free. The common case (the first free ID
+   * sits in the word the first-free hint points at) is a handful of word operations; the rest
+   * goes through lowestFree and insert. The chunk is left in `lastChunk` for the record.
+   */
+  takeLowest(min: number, max: number): number {
+    const start = min >= this.hintLo && min <= this.hintHi ? this.hintHi : min;
+    const ci = start >>> CHUNK_SHIFT;
+    if (start <= max && ci < LOW_CHUNKS) {
+      const ch = this.low[ci];
+      if (ch !== undefined) {
+        const off = start & CHUNK_MASK;
+        const w = off >>> 5;
+        const l0 = ch.l0;
+        const old = l0[w]!;
+        const bits = ~old & (-1 << (off & 31));
+        if (bits !== 0) {
+          const b = 31 - Math.clz32(bits & -bits);
+          const id = (ci << CHUNK_SHIFT) | (w << 5) | b;
+          if (id <= max) {
+            const v = old | (1 << b);
+            l0[w] = v;
+            if (v === -1) ch.markWordFull(w);
+            if (++ch.count === CHUNK_IDS) this.full[ci >>> 5]! |= 1 << (ci & 31);
+            this.size++;
+            // [start, id) are used; with the ID just taken, [.., id] is one used run.
+            if (start === this.hintHi) this.hintHi = id + 1;
+            else {
+              this.hintLo = start;
+              this.hintHi = id + 1;
+            }
+            this.lastChunk = ch;
+            return id;
+          }
+        }
+      }
+    }
+    const id = this.lowestFree(min, max);
+    if (id < 0) return -1;
+    this.lastChunk = this.insert(id);
+    return id;
+  }
+
   /** Lowest ID not in the table within [min, max] (inclusive, 0 <= min, max <= 0xFFFFFFFF), or -1. */
   lowestFree(min: number, max: number): number {
-    let id = Math.max(min, this.firstFree);
-    while (id <= max) {
+    if (min > max) return -1;
+    const fromHint = min >= this.hintLo && min <= this.hintHi;
+    const start = fromHint ? this.hintHi : min;
+    const found = this.scanFrom(start);
+    // What the scan learnt holds whatever max says: [start, found) are all used.
+    const end = found < 0 ? 2 ** 32 : found;
+    if (fromHint) this.hintHi = end;
+    else {
+      this.hintLo = min;
+      this.hintHi = end;
+    }
+    return found >= 0 && found <= max ? found : -1;
+  }
+
+  /** Lowest ID not in the table at or above `start` (no hint), or -1. */
+  private scanFrom(start: number): number {
+    let id = start;
+    while (id <= 0xffffffff) {
       const ci = id >>> CHUNK_SHIFT;
       const ch = ci < LOW_CHUNKS ? this.low[ci] : this.high.get(ci);
       if (ch === undefined) return id;
       if (ch.count < CHUNK_IDS) {
         const r = ch.findFree(id & CHUNK_MASK);
-        if (r >= 0) {
-          const found = ci * CHUNK_IDS + r;
-          return found <= max ? found : -1;
-        }
+        if (r >= 0) return ci * CHUNK_IDS + r;
       }
       const next = this.nextNotFullChunk(ci + 1);
       if (next < 0) return -1;
       id = next * CHUNK_IDS;
     }
     return -1;
-  }
-
-  /** lowestFree without the hint, for the self-check. */
-  private lowestFreeFrom(min: number): number {
-    const saved = this.firstFree;
-    this.firstFree = 0;
-    const r = this.lowestFree(min, 0xffffffff);
-    this.firstFree = saved;
-    return r;
   }
 
   private nextNotFullChunk(from: number): number {
@@ -172,15 +305,10 @@ export class IdTable {
     const w = off >>> 5;
     const v = ch.l0[w]! | (1 << (off & 31));
     ch.l0[w] = v;
-    if (v === -1) {
-      const j = w >>> 5;
-      const v1 = ch.l1[j]! | (1 << (w & 31));
-      ch.l1[j] = v1;
-      if (v1 === -1) ch.l2 |= 1 << j;
-    }
+    if (v === -1) ch.markWordFull(w);
     if (++ch.count === CHUNK_IDS) this.full[ci >>> 5]! |= 1 << (ci & 31);
     this.size++;
-    if (id === this.firstFree) this.firstFree = id + 1;
+    if (id === this.hintHi) this.hintHi = id + 1;
     return ch;
   }
 
@@ -193,9 +321,13 @@ export class IdTable {
     ch.l1[w >>> 5]! &= ~(1 << (w & 31));
     ch.l2 &= ~(1 << (w >>> 5));
     if (ch.count-- === CHUNK_IDS) this.full[ci >>> 5]! &= ~(1 << (ci & 31));
-    if (this.records) ch.priv[off] = null;
+    if (this.records) {
+      // Drop the reference now (the kernel frees the record); clear the SPID bit with the rest.
+      ch.rec[off << 1] = 0;
+      if (ch.privs !== null) ch.privs[off] = null;
+    }
     this.size--;
-    if (id < this.firstFree) this.firstFree = id;
+    if (id >= this.hintLo && id < this.hintHi) this.hintHi = id;
   }
 
   /** Calls fn for every ID in ascending order. fn must not insert or remove. */
@@ -260,8 +392,11 @@ export class IdTable {
       total += n;
     }
     if (total !== this.size) return `table size ${this.size} but ${total} IDs present`;
-    if (this.firstFree > 0 && this.lowestFreeFrom(0) < this.firstFree)
-      return `first-free hint ${this.firstFree} skips a free ID`;
+    if (this.hintHi > this.hintLo) {
+      const free = this.scanFrom(this.hintLo);
+      if (free >= 0 && free < this.hintHi)
+        return `search hint [${this.hintLo}, ${this.hintHi}) holds free ID ${free}`;
+    }
     return undefined;
   }
 }

@@ -45,6 +45,9 @@ export const IOASID_STATE_FREE_PENDING = 2;
 
 export type IoasidProfile = 'v3' | 'm55' | 'm511' | 'g66';
 
+/** Set IDs stay below 2^28 so that they fit a record's packed meta word. */
+const MAX_SET_ID = (1 << 28) - 2;
+
 /** Record field value for an ID allocated with no set (merged profiles, `set == NULL`). */
 const NO_SET = -1;
 
@@ -205,12 +208,12 @@ export class IoasidCore {
     id: number,
     ch: Chunk,
     off: number,
-    spid: number = ch.spid[off]!,
+    spid: number = ch.getSpid(off),
   ): void {
     const toGlobal = (flags & IOASID_NOTIFY_FLAG_ALL) !== 0 && this.globalChain.length !== 0;
     const toSet = (flags & IOASID_NOTIFY_FLAG_SET) !== 0 && set !== undefined && set.nh.length !== 0;
     if (!toGlobal && !toSet && this.tracer === null) return;
-    const args = { id, spid, set: set ?? null, pdata: ch.priv[off] };
+    const args = { id, spid, set: set ?? null, pdata: ch.getPriv(off) };
     if (this.tracer !== null) {
       this.tracer({
         kind: 'notify',
@@ -257,8 +260,8 @@ export class IoasidCore {
   /** ioasid_do_free_locked: return the ID to its allocator and drop it from its set. */
   private reclaim(table: IdTable, ch: Chunk, id: number): void {
     const off = id & ID_TABLE_CHUNK_MASK;
-    const setId = ch.set[off]!;
-    const spid = ch.spid[off]!;
+    const setId = ch.getSet(off);
+    const spid = ch.getSpid(off);
     const alloc = this.allocatorOfTable(table);
     if (alloc?.ops != null) alloc.ops.free(id, alloc.ops.pdata);
     else if (alloc === undefined) this.warn('orphaned IOASID reclaimed while its allocator is gone', { id });
@@ -280,10 +283,10 @@ export class IoasidCore {
   /** ioasid_free_locked after its checks: FREE_PENDING, FREE notification, drop the allocation reference. */
   private freeLocked(table: IdTable, ch: Chunk, id: number, set: IoasidSet | undefined): void {
     const off = id & ID_TABLE_CHUNK_MASK;
-    ch.state[off] = IOASID_STATE_FREE_PENDING;
+    ch.setState(off, IOASID_STATE_FREE_PENDING);
     if (this.v3 && (this.globalChain.length !== 0 || (set !== undefined && set.nh.length !== 0))) {
       // Pin the record across the callbacks (P9): one of them may drop the last reference.
-      ch.users[off]!++;
+      ch.addUsers(off, 1);
       let pins = this.pinned.get(table);
       if (pins === undefined) this.pinned.set(table, (pins = new Map()));
       pins.set(id, (pins.get(id) ?? 0) + 1);
@@ -293,17 +296,17 @@ export class IoasidCore {
         const n = pins.get(id)! - 1;
         if (n !== 0) pins.set(id, n);
         else if (pins.delete(id) && pins.size === 0) this.pinned.delete(table);
-        ch.users[off]!--;
+        ch.addUsers(off, -1);
       }
       // A callback that dropped the allocation reference has done the free's put for it.
-      if (ch.users[off] === 0) {
+      if (ch.getUsers(off) === 0) {
         this.reclaim(table, ch, id);
         return;
       }
     } else if (this.v3 && this.tracer !== null) {
       this.notify(IOASID_NOTIFY_FREE, IOASID_NOTIFY_FLAG_ALL | IOASID_NOTIFY_FLAG_SET, set, id, ch, off);
     }
-    if (--ch.users[off]! === 0) this.reclaim(table, ch, id);
+    if (ch.addUsers(off, -1) === 0) this.reclaim(table, ch, id);
   }
 
   // ---------------------------------------------------------------- capacity (A.4.1)
@@ -381,7 +384,7 @@ export class IoasidCore {
     if (this.faults.armed && this.faults.shouldFail('ioasid_sets_xa')) {
       return kerr('ENOSPC', 'ioasid_set_alloc: no set ID left in ioasid_sets');
     }
-    const id = this.setIds.lowestFree(0, 0xfffffffe);
+    const id = this.setIds.lowestFree(0, MAX_SET_ID);
     if (id < 0) return kerr('ENOSPC', 'ioasid_set_alloc: no set ID left in ioasid_sets');
     this.setIds.insert(id);
     const set = new IoasidSet(id, token, type, quota, reserves);
@@ -442,7 +445,7 @@ export class IoasidCore {
     const members: [number, IdTable][] = [];
     for (const table of this.allTables()) {
       table.forEach((id, ch, off) => {
-        if (ch.set[off] === set.id) members.push([id, table]);
+        if (ch.getSet(off) === set.id) members.push([id, table]);
       });
     }
     members.sort((a, b) => a[0] - b[0]);
@@ -450,7 +453,7 @@ export class IoasidCore {
       const ch = table.chunkOf(id);
       if (ch === undefined) continue; // reclaimed by a callback meanwhile
       const off = id & ID_TABLE_CHUNK_MASK;
-      if (ch.set[off] !== set.id || ch.state[off] === IOASID_STATE_FREE_PENDING) continue;
+      if (ch.getSet(off) !== set.id || ch.getState(off) === IOASID_STATE_FREE_PENDING) continue;
       if (table !== this.active.table) this.warn('set destroyed with an orphaned IOASID', { id });
       this.freeLocked(table, ch, id, set);
     }
@@ -489,7 +492,7 @@ export class IoasidCore {
     const out: { id: number; priv: unknown }[] = [];
     for (const table of this.allTables()) {
       table.forEach((id, ch, off) => {
-        if (ch.set[off] === set.id) out.push({ id, priv: ch.priv[off] });
+        if (ch.getSet(off) === set.id) out.push({ id, priv: ch.getPriv(off) });
       });
     }
     return out.sort((a, b) => a.id - b.id);
@@ -512,6 +515,38 @@ export class IoasidCore {
 
   /** Lowest free ID in [min, max] from the active allocator, or INVALID_IOASID on any failure (P1). */
   ioasidAlloc(set: IoasidSet | null, min: number, max: number, priv: unknown = null): number {
+    // The common case in a few loads and stores: a live set with room and no listeners, the
+    // default allocator, nothing watching (debug, trace, fault injection). Anything else, and
+    // any failure, takes the full path below, which is the reference the fast path must equal.
+    if (
+      set !== null &&
+      min >>> 0 === min &&
+      max >>> 0 === max &&
+      min <= max &&
+      max !== INVALID_IOASID &&
+      this.v3 &&
+      this.quiet()
+    ) {
+      const sid = set.id;
+      if (this.sets[sid] === set && !set.dead && set.nrIoasids < set.quota && set.nh.length === 0) {
+        const table = this.active.table;
+        const id = table.takeLowest(min, max);
+        if (id >= 0) {
+          table.lastChunk!.initRecord(id & ID_TABLE_CHUNK_MASK, sid, IOASID_STATE_ACTIVE, priv);
+          set.nrIoasids++;
+          return id;
+        }
+      }
+    }
+    return this.allocFull(set, min, max, priv);
+  }
+
+  /** Nothing observes the core (no debug checks, tracer, armed faults) and the default allocator is active. */
+  private quiet(): boolean {
+    return !this.debug && this.tracer === null && this.active === this.defaultAllocator && !this.faults.armed;
+  }
+
+  private allocFull(set: IoasidSet | null, min: number, max: number, priv: unknown): number {
     this.depth++;
     try {
       let setId = NO_SET;
@@ -557,11 +592,7 @@ export class IoasidCore {
       }
       const ch = table.insert(id);
       const off = id & ID_TABLE_CHUNK_MASK;
-      ch.users[off] = 1;
-      ch.state[off] = IOASID_STATE_ACTIVE;
-      ch.set[off] = setId;
-      ch.spid[off] = INVALID_IOASID;
-      ch.priv[off] = priv;
+      ch.initRecord(off, setId, IOASID_STATE_ACTIVE, priv);
       if (set !== null) {
         set.nrIoasids++;
         if (this.v3) this.notify(IOASID_NOTIFY_ALLOC, IOASID_NOTIFY_FLAG_SET, set, id, ch, off);
@@ -574,6 +605,34 @@ export class IoasidCore {
 
   /** v3 ioasid_free(set, id): start the free (FREE_PENDING, FREE event), drop the allocation reference. */
   ioasidFree(set: IoasidSet | null, id: number): void {
+    // Fast path: an ACTIVE ID of this live set, no SPID, nobody listening or watching.
+    if (set !== null && id >>> 0 === id && this.v3 && this.globalChain.length === 0 && this.quiet()) {
+      const sid = set.id;
+      if (this.sets[sid] === set && !set.dead && set.nh.length === 0) {
+        const table = this.active.table;
+        const ch = table.chunkOf(id);
+        if (ch !== undefined) {
+          const i = (id & ID_TABLE_CHUNK_MASK) << 1;
+          const rec = ch.rec;
+          // ACTIVE, owned by this set, no SPID: one compare.
+          if (rec[i] === (((sid + 1) << 3) | IOASID_STATE_ACTIVE)) {
+            const users = rec[i + 1]! - 1;
+            if (users === 0) {
+              table.remove(ch, id);
+              set.nrIoasids--;
+            } else {
+              rec[i] = ((sid + 1) << 3) | IOASID_STATE_FREE_PENDING;
+              rec[i + 1] = users;
+            }
+            return;
+          }
+        }
+      }
+    }
+    this.freeFull(set, id);
+  }
+
+  private freeFull(set: IoasidSet | null, id: number): void {
     this.depth++;
     try {
       const table = this.active.table;
@@ -584,7 +643,7 @@ export class IoasidCore {
       }
       const off = id & ID_TABLE_CHUNK_MASK;
       // P3: ownership is the security property; NULL is no owner.
-      if (set === null || !this.owns(set, ch.set[off]!)) {
+      if (set === null || !this.owns(set, ch.getSet(off))) {
         this.warn('ioasid_free: set does not own the IOASID', { id });
         return;
       }
@@ -592,7 +651,7 @@ export class IoasidCore {
         this.warn('ioasid_free: set already destroyed', { id });
         return;
       }
-      if (ch.state[off] === IOASID_STATE_FREE_PENDING) return; // level-triggered (P8)
+      if (ch.getState(off) === IOASID_STATE_FREE_PENDING) return; // level-triggered (P8)
       this.freeLocked(table, ch, id, set);
     } finally {
       if (--this.depth === 0 && this.debug) this.maybeCheck();
@@ -621,11 +680,11 @@ export class IoasidCore {
       const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
       if (ch === undefined) return kerr('EINVAL', `ioasid_get: IOASID ${id} is not allocated`);
       const off = id & ID_TABLE_CHUNK_MASK;
-      if (ch.state[off] === IOASID_STATE_FREE_PENDING)
+      if (ch.getState(off) === IOASID_STATE_FREE_PENDING)
         return kerr('EBUSY', `ioasid_get: IOASID ${id} is being freed (P2: no new references)`);
-      if (set !== null && !this.owns(set, ch.set[off]!))
+      if (set !== null && !this.owns(set, ch.getSet(off)))
         return kerr('EACCES', `ioasid_get: IOASID ${id} does not belong to ${set}`);
-      ch.users[off]!++;
+      ch.addUsers(off, 1);
       return 0;
     } finally {
       this.leave();
@@ -641,7 +700,7 @@ export class IoasidCore {
         this.warn('ioasid_get: unknown IOASID', { id });
         return;
       }
-      ch.users[id & ID_TABLE_CHUNK_MASK]!++;
+      ch.addUsers(id & ID_TABLE_CHUNK_MASK, 1);
     } finally {
       this.leave();
     }
@@ -658,16 +717,16 @@ export class IoasidCore {
         return false;
       }
       const off = id & ID_TABLE_CHUNK_MASK;
-      if (set !== null && !this.owns(set, ch.set[off]!)) {
+      if (set !== null && !this.owns(set, ch.getSet(off))) {
         this.warn('ioasid_put: set does not own the IOASID', { id });
         return false;
       }
-      if (ch.users[off] === 1 && this.pinned.get(table)?.has(id) === true) {
+      if (ch.getUsers(off) === 1 && this.pinned.get(table)?.has(id) === true) {
         // Only the in-flight FREE's own pin is left: a put more than the caller holds.
         this.warn('ioasid_put: refcount underflow', { id });
         return false;
       }
-      if (--ch.users[off]! === 0) {
+      if (ch.addUsers(off, -1) === 0) {
         this.reclaim(table, ch, id);
         return true;
       }
@@ -679,16 +738,29 @@ export class IoasidCore {
 
   /** Private data of an ID, or ENOENT (unknown or, in v3, being freed: P2) / EACCES (other set). */
   ioasidFind(set: IoasidSet | null, id: number, getter?: (priv: unknown) => boolean): unknown {
+    // Kept small so that it inlines into the caller's loop; every failure is built out of line.
+    const ch = id >>> 0 === id ? this.active.table.chunkOf(id) : undefined;
+    if (ch !== undefined) {
+      const off = id & ID_TABLE_CHUNK_MASK;
+      const meta = ch.rec[off << 1]!;
+      if (
+        ((meta & 3) !== IOASID_STATE_FREE_PENDING || !this.v3) &&
+        (set === null || ((meta >> 3) - 1 === set.id && this.sets[set.id] === set))
+      ) {
+        const privs = ch.privs;
+        const priv = privs === null ? null : privs[off];
+        return getter === undefined || getter(priv) ? priv : null;
+      }
+    }
+    return this.findError(set, id);
+  }
+
+  private findError(set: IoasidSet | null, id: number): KernelError {
     const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
     if (ch === undefined) return kerr('ENOENT', `ioasid_find: IOASID ${id} is not allocated`);
-    const off = id & ID_TABLE_CHUNK_MASK;
-    if (this.v3 && ch.state[off] === IOASID_STATE_FREE_PENDING)
+    if (ch.getState(id & ID_TABLE_CHUNK_MASK) === IOASID_STATE_FREE_PENDING)
       return kerr('ENOENT', `ioasid_find: IOASID ${id} is being freed (P2)`);
-    if (set !== null && !this.owns(set, ch.set[off]!))
-      return kerr('EACCES', `ioasid_find: IOASID ${id} does not belong to ${set}`);
-    const priv = ch.priv[off];
-    if (getter !== undefined && !getter(priv)) return null;
-    return priv;
+    return kerr('EACCES', `ioasid_find: IOASID ${id} does not belong to ${set}`);
   }
 
   /** v3 ioasid_attach_data: set private data if there is none. */
@@ -698,9 +770,9 @@ export class IoasidCore {
       const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
       if (ch === undefined) return kerr('ENOENT', `ioasid_attach_data: IOASID ${id} is not allocated`);
       const off = id & ID_TABLE_CHUNK_MASK;
-      if (ch.priv[off] != null)
+      if (ch.getPriv(off) != null)
         return kerr('EBUSY', `ioasid_attach_data: IOASID ${id} already has private data`);
-      ch.priv[off] = data;
+      ch.setPriv(off, data);
       return 0;
     } finally {
       this.leave();
@@ -713,7 +785,7 @@ export class IoasidCore {
     try {
       const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
       if (ch === undefined) return kerr('ENOENT', `ioasid_set_data: IOASID ${id} is not allocated`);
-      ch.priv[id & ID_TABLE_CHUNK_MASK] = data;
+      ch.setPriv(id & ID_TABLE_CHUNK_MASK, data);
       return 0;
     } finally {
       this.leave();
@@ -728,7 +800,7 @@ export class IoasidCore {
         this.warn('ioasid_detach_data: unknown IOASID', { id });
         return;
       }
-      ch.priv[id & ID_TABLE_CHUNK_MASK] = null;
+      ch.setPriv(id & ID_TABLE_CHUNK_MASK, null);
     } finally {
       this.leave();
     }
@@ -741,14 +813,14 @@ export class IoasidCore {
       const ch = isU32(id) ? this.active.table.chunkOf(id) : undefined;
       if (ch === undefined) return kerr('ENOENT', `ioasid_attach_spid: IOASID ${id} is not allocated`);
       const off = id & ID_TABLE_CHUNK_MASK;
-      const set = this.setOfRecord(ch.set[off]!);
+      const set = this.setOfRecord(ch.getSet(off));
       if (set === undefined || set.dead) return kerr('ENOENT', `ioasid_attach_spid: IOASID ${id} has no set`);
       // Uniqueness check takes no reference (research 0.3 fix 4).
       if (set.spids.has(spid))
         return kerr('EINVAL', `ioasid_attach_spid: SPID ${spid} is already used in ${set}`);
-      const old = ch.spid[off]!;
+      const old = ch.getSpid(off);
       if (old !== INVALID_IOASID) set.spids.delete(old);
-      ch.spid[off] = spid;
+      ch.setSpid(off, spid);
       set.spids.set(spid, id);
       this.notify(IOASID_NOTIFY_BIND, IOASID_NOTIFY_FLAG_SET, set, id, ch, off);
       return 0;
@@ -766,15 +838,15 @@ export class IoasidCore {
         return;
       }
       const off = id & ID_TABLE_CHUNK_MASK;
-      const spid = ch.spid[off]!;
+      const spid = ch.getSpid(off);
       if (spid === INVALID_IOASID) {
         this.warn('ioasid_detach_spid: IOASID has no SPID', { id });
         return;
       }
-      const set = this.setOfRecord(ch.set[off]!);
+      const set = this.setOfRecord(ch.getSet(off));
       // Clear before notifying, so that a callback's own detach_spid is a no-op (one UNBIND per
       // transition, P8) rather than a recursion; P5: the payload still carries the detached SPID.
-      ch.spid[off] = INVALID_IOASID;
+      ch.setSpid(off, INVALID_IOASID);
       if (set !== undefined && set.spids.get(spid) === id) set.spids.delete(spid);
       this.notify(IOASID_NOTIFY_UNBIND, IOASID_NOTIFY_FLAG_SET, set, id, ch, off, spid);
     } finally {
@@ -795,10 +867,10 @@ export class IoasidCore {
       const ch = this.active.table.chunkOf(id);
       const off = id & ID_TABLE_CHUNK_MASK;
       // Orphaned by an allocator switch: the active table may hold another record under that number.
-      if (ch === undefined || ch.set[off] !== set.id || ch.spid[off] !== spid) return INVALID_IOASID;
+      if (ch === undefined || ch.getSet(off) !== set.id || ch.getSpid(off) !== spid) return INVALID_IOASID;
       // P2: no new references once the free has started.
-      if (ch.state[off] === IOASID_STATE_FREE_PENDING) return INVALID_IOASID;
-      ch.users[off]!++;
+      if (ch.getState(off) === IOASID_STATE_FREE_PENDING) return INVALID_IOASID;
+      ch.addUsers(off, 1);
       return id;
     } finally {
       this.leave();
@@ -994,11 +1066,11 @@ export class IoasidCore {
     if (ch === undefined) return undefined;
     const off = id & ID_TABLE_CHUNK_MASK;
     return {
-      users: ch.users[off]!,
-      state: ch.state[off]!,
-      set: this.setOfRecord(ch.set[off]!),
-      spid: ch.spid[off]!,
-      priv: ch.priv[off],
+      users: ch.getUsers(off),
+      state: ch.getState(off),
+      set: this.setOfRecord(ch.getSet(off)),
+      spid: ch.getSpid(off),
+      priv: ch.getPriv(off),
     };
   }
 
@@ -1031,26 +1103,26 @@ export class IoasidCore {
       const bad = table.check();
       if (bad !== undefined) fail(bad);
       table.forEach((id, ch, off) => {
-        const users = ch.users[off]!;
-        const state = ch.state[off]!;
+        const users = ch.getUsers(off);
+        const state = ch.getState(off);
         if (users < 1) fail(`IOASID ${id} is allocated with ${users} users`);
         if (state !== IOASID_STATE_ACTIVE && state !== IOASID_STATE_FREE_PENDING)
           fail(`IOASID ${id} in state ${state}`);
         if (this.pinned.size === 0 && this.depth === 0 && !this.refcounted && users !== 1)
           fail(`IOASID ${id} has ${users} users in a profile without refcounts`);
-        const setId = ch.set[off]!;
+        const setId = ch.getSet(off);
         if (setId !== NO_SET) {
           const set = this.sets[setId];
           if (set === undefined) fail(`IOASID ${id} belongs to set slot ${setId}, which is empty`);
           perSet.set(setId, (perSet.get(setId) ?? 0) + 1);
-          const spid = ch.spid[off]!;
+          const spid = ch.getSpid(off);
           if (spid !== INVALID_IOASID) {
             let m = spidSeen.get(setId);
             if (m === undefined) spidSeen.set(setId, (m = new Map()));
             if (m.has(spid)) fail(`SPID ${spid} bound twice in set ${setId}`);
             m.set(spid, id);
           }
-        } else if (ch.spid[off] !== INVALID_IOASID) {
+        } else if (ch.getSpid(off) !== INVALID_IOASID) {
           fail(`IOASID ${id} has an SPID but no set`);
         }
       });

@@ -1,0 +1,106 @@
+// IdTable against an obviously correct model (a sorted Set): lowest-free search over the whole
+// u32 space, chunk and word boundaries, the search hint, and the self-check.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import fc from 'fast-check';
+import { IdTable } from './id-table.ts';
+
+function modelLowest(used: Set<number>, min: number, max: number): number {
+  for (let id = min; id <= max; id++) if (!used.has(id)) return id;
+  return -1;
+}
+
+// Interesting places: chunk (2^15) and word (32) boundaries, the top of the u32 space.
+const BASES = [0, 1, 31, 32, 1023, 32767, 32768, 65535, 2 ** 20 - 2, 2 ** 21 - 1, 2 ** 31 - 5, 2 ** 32 - 40];
+const idArb = fc
+  .tuple(fc.constantFrom(...BASES), fc.integer({ min: 0, max: 70 }))
+  .map(([b, d]) => Math.min(b + d, 2 ** 32 - 1));
+
+type Op =
+  | { k: 'take'; min: number; span: number }
+  | { k: 'lowest'; min: number; span: number }
+  | { k: 'insert'; id: number }
+  | { k: 'remove'; id: number };
+
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  fc.record({ k: fc.constant('take' as const), min: idArb, span: fc.integer({ min: 0, max: 80 }) }),
+  fc.record({ k: fc.constant('lowest' as const), min: idArb, span: fc.integer({ min: 0, max: 80 }) }),
+  fc.record({ k: fc.constant('insert' as const), id: idArb }),
+  fc.record({ k: fc.constant('remove' as const), id: idArb }),
+);
+
+describe('IdTable', () => {
+  test('random operations agree with a Set, and the self-check holds', () => {
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 200 }), (ops) => {
+        const t = new IdTable(true);
+        const used = new Set<number>();
+        for (const op of ops) {
+          if (op.k === 'take' || op.k === 'lowest') {
+            const max = Math.min(op.min + op.span, 2 ** 32 - 1);
+            const want = modelLowest(used, op.min, max);
+            if (op.k === 'take') {
+              const got = t.takeLowest(op.min, max);
+              assert.equal(got, want);
+              if (got >= 0) {
+                used.add(got);
+                assert.ok(t.lastChunk !== undefined && t.chunkOf(got) === t.lastChunk);
+              }
+            } else {
+              assert.equal(t.lowestFree(op.min, max), want);
+            }
+          } else if (op.k === 'insert') {
+            if (!used.has(op.id)) {
+              t.insert(op.id);
+              used.add(op.id);
+            }
+          } else {
+            const ch = t.chunkOf(op.id);
+            assert.equal(ch !== undefined, used.has(op.id));
+            if (ch !== undefined) {
+              t.remove(ch, op.id);
+              used.delete(op.id);
+            }
+          }
+          assert.equal(t.size, used.size);
+        }
+        assert.equal(t.check(), undefined);
+        assert.deepEqual(
+          t.ids(),
+          [...used].sort((a, b) => a - b),
+        );
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test('a fill of [1, 2^20 - 1] hands out 1, 2, 3, ... then fails', () => {
+    const t = new IdTable(false);
+    for (let i = 1; i < 2 ** 20; i++) assert.equal(t.takeLowest(1, 2 ** 20 - 1), i);
+    assert.equal(t.takeLowest(1, 2 ** 20 - 1), -1);
+    assert.equal(t.lowestFree(0, 2 ** 20), 0);
+    t.remove(t.chunkOf(77777)!, 77777);
+    assert.equal(t.lowestFree(1, 2 ** 20 - 1), 77777);
+    assert.equal(t.check(), undefined);
+  });
+
+  test('records survive neighbours and are cleared on removal', () => {
+    const t = new IdTable(true);
+    const a = t.insert(5);
+    a.initRecord(5, 3, 1, { x: 1 });
+    a.setSpid(5, 0xfffffffe);
+    t.insert(6).initRecord(6, 0, 2, null);
+    assert.equal(a.getSet(5), 3);
+    assert.equal(a.getState(5), 1);
+    assert.equal(a.getSpid(5), 0xfffffffe);
+    assert.deepEqual(a.getPriv(5), { x: 1 });
+    assert.equal(a.getSpid(6), 0xffffffff);
+    assert.equal(a.getPriv(6), null);
+    t.remove(a, 5);
+    t.insert(5).initRecord(5, 1, 1, null);
+    assert.equal(a.getSpid(5), 0xffffffff);
+    assert.equal(a.getPriv(5), null);
+    assert.equal(a.getUsers(5), 1);
+  });
+});
