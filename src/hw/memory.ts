@@ -7,39 +7,55 @@
 // machine's `memory` size is "not backed": the mem_* API answers EFAULT, and the IOMMU turns a
 // table read there into the spec's fault for a failed memory access.
 //
-// Every frame also carries the sequence number of its last write (word FRAME_SEQ_WORD), so the
-// IOMMU's invariant checker can tell a cache entry made stale by a later table write (allowed
-// until software invalidates) from one that is simply wrong.
+// Layout, chosen for the table walk (shared/bench/WORKLOADS.md translate-nested-walk):
+// - machines up to FLAT_MAX_BYTES keep their frames at their physical position in one buffer
+//   whose pages the operating system only materialises when first written (the zero-filled
+//   allocation is lazily backed, as the C reference's mmap is), so a table read is one load;
+// - larger machines map a frame number to a slot (`slotOf`, a flat Int32Array up to 2^28
+//   frames, a Map beyond), slots living side by side in slabs of SLAB_FRAMES frames, slot 0
+//   being the shared zero frame.
+// Either way a frame counts as allocated from its first write, and every frame carries the
+// sequence number of its last write, so the IOMMU's invariant checker can tell a cache entry made
+// stale by a later table write (allowed until software invalidates) from one that is wrong.
 
 import { endianness } from 'node:os';
 import { KernelError } from '../core/errno.ts';
 
 export const PAGE_SHIFT = 12;
 export const PAGE_SIZE = 4096;
-/** Words of data in a frame; the extra word holds the frame's last-write sequence number. */
 export const FRAME_WORDS = 1024;
-export const FRAME_SEQ_WORD = 1024;
-/** Largest physical address width the model accepts (CAP.MGAW can say no more than 2^52 bytes here). */
+/** Frames per slab: slot s lives in slabs[s >>> SLAB_SHIFT] at word ((s & SLAB_MASK) << 10). */
+export const SLAB_SHIFT = 8;
+export const SLAB_FRAMES = 1 << SLAB_SHIFT;
+export const SLAB_MASK = SLAB_FRAMES - 1;
+/** Largest physical address width the model accepts. */
 export const MAX_PHYS_BITS = 52;
 
-const CHUNK_FRAMES = 32768; // 128 MiB of address space per chunk of the frame directory
+/** Machines up to this size use the flat layout (2^31 words: every index is an int32). */
+export const FLAT_MAX_BYTES = 2 ** 33;
+const SLOT_FLAT_LIMIT = 2 ** 28;
 const TWO32 = 4294967296;
 
 if (endianness() !== 'LE') throw new Error('pasidkit models little-endian memory through typed arrays');
-
-/** The frame every untouched address reads from. Never written. */
-const ZERO_FRAME = new Uint32Array(FRAME_WORDS + 1);
 
 export class PhysicalMemory {
   /** Size in bytes: addresses >= size are not backed. */
   readonly size: number;
   /** Number of backed frames: a frame number >= frameLimit is not backed. */
   readonly frameLimit: number;
+  /** Flat layout: word i of frame fn is flat[fn * 1024 + i]. Null for the slot layout. */
+  readonly flat: Uint32Array | null;
+  private readonly flatSeq: Float64Array | null;
+  private flatFrames = 0;
+  /** Slot layout: frame number -> slot (0 = never written), when a flat map fits. */
+  readonly slotOf: Int32Array | null;
+  private readonly slotMap: Map<number, number> | null;
+  /** Frame data, SLAB_FRAMES frames per slab. */
+  readonly slabs: Uint32Array[] = [];
+  private readonly seqs: Float64Array[] = [];
+  private nextSlot = 1;
   /** Sequence number of the most recent write (any frame). */
   writeSeq = 0;
-  /** Frames allocated so far. */
-  framesAllocated = 0;
-  private readonly chunks: (Uint32Array[] | undefined)[];
 
   constructor(size: bigint | number) {
     const n = typeof size === 'bigint' ? size : BigInt(size);
@@ -48,40 +64,103 @@ export class PhysicalMemory {
     }
     this.size = Number(n);
     this.frameLimit = Math.ceil(this.size / PAGE_SIZE);
-    const nChunks = Math.ceil(this.frameLimit / CHUNK_FRAMES);
-    // Dense directory for ordinary sizes; beyond that V8 keeps the holey array as a dictionary.
-    this.chunks = nChunks <= 1 << 20 ? new Array(nChunks).fill(undefined) : [];
+    if (this.size <= FLAT_MAX_BYTES) {
+      this.flat = new Uint32Array(this.frameLimit * FRAME_WORDS);
+      this.flatSeq = new Float64Array(this.frameLimit);
+      this.slotOf = null;
+      this.slotMap = null;
+      return;
+    }
+    this.flat = null;
+    this.flatSeq = null;
+    if (this.frameLimit <= SLOT_FLAT_LIMIT) {
+      this.slotOf = new Int32Array(this.frameLimit);
+      this.slotMap = null;
+    } else {
+      this.slotOf = null;
+      this.slotMap = new Map();
+    }
+    this.addSlab(); // slab 0 holds the zero frame in slot 0
   }
 
-  /** The frame holding frame number `fn` (< frameLimit), for reading: may be the shared zero frame. */
-  frame(fn: number): Uint32Array {
-    const c = this.chunks[(fn / CHUNK_FRAMES) | 0];
-    if (c === undefined) return ZERO_FRAME;
-    return c[fn & (CHUNK_FRAMES - 1)]!;
+  private addSlab(): void {
+    this.slabs.push(new Uint32Array(SLAB_FRAMES * FRAME_WORDS));
+    this.seqs.push(new Float64Array(SLAB_FRAMES));
   }
 
-  /** The frame for writing (allocated on first use); stamps it with a new write sequence number. */
-  frameForWrite(fn: number): Uint32Array {
-    const ci = (fn / CHUNK_FRAMES) | 0;
-    let c = this.chunks[ci];
-    if (c === undefined) {
-      c = new Array<Uint32Array>(CHUNK_FRAMES).fill(ZERO_FRAME);
-      this.chunks[ci] = c;
+  /** Frames written so far. */
+  get framesAllocated(): number {
+    return this.flat !== null ? this.flatFrames : this.nextSlot - 1;
+  }
+
+  /**
+   * Where word 0 of frame `fn` (< frameLimit) is, for reading: sets `rdArr` and returns the index
+   * in it. A never-written frame reads as zeros.
+   */
+  locate(fn: number): number {
+    const flat = this.flat;
+    if (flat !== null) {
+      this.rdArr = flat;
+      return fn * FRAME_WORDS;
     }
-    const i = fn & (CHUNK_FRAMES - 1);
-    let f = c[i]!;
-    if (f === ZERO_FRAME) {
-      f = new Uint32Array(FRAME_WORDS + 1);
-      c[i] = f;
-      this.framesAllocated++;
+    const s = this.slot(fn);
+    this.rdArr = this.slabs[s >>> SLAB_SHIFT]!;
+    return (s & SLAB_MASK) << 10;
+  }
+  /** The array `locate` pointed into. */
+  rdArr: Uint32Array = new Uint32Array(0);
+
+  /** Slot of frame `fn` (< frameLimit) in the slot layout; 0 when never written (reads as zeros). */
+  slot(fn: number): number {
+    const so = this.slotOf;
+    if (so !== null) return so[fn]!;
+    return this.slotMap!.get(fn) ?? 0;
+  }
+
+  /** Slot of frame `fn`, allocated if needed, stamped with a new write sequence number. */
+  slotForWrite(fn: number): number {
+    let s = this.slot(fn);
+    if (s === 0) {
+      s = this.nextSlot++;
+      if (s >>> SLAB_SHIFT >= this.slabs.length) this.addSlab();
+      if (this.slotOf !== null) this.slotOf[fn] = s;
+      else this.slotMap!.set(fn, s);
     }
-    f[FRAME_SEQ_WORD] = ++this.writeSeq;
-    return f;
+    this.seqs[s >>> SLAB_SHIFT]![s & SLAB_MASK] = ++this.writeSeq;
+    return s;
   }
 
   /** Sequence number of the last write to frame `fn` (0: never written). */
   frameSeq(fn: number): number {
-    return this.frame(fn)[FRAME_SEQ_WORD]!;
+    if (this.flatSeq !== null) return this.flatSeq[fn]!;
+    const s = this.slot(fn);
+    return s === 0 ? 0 : this.seqs[s >>> SLAB_SHIFT]![s & SLAB_MASK]!;
+  }
+
+  /** Stamps frame `fn` as written now (flat layout); returns the index of its word 0. */
+  private touchFlat(fn: number): number {
+    const seq = this.flatSeq!;
+    if (seq[fn] === 0) this.flatFrames++;
+    seq[fn] = ++this.writeSeq;
+    return fn * FRAME_WORDS;
+  }
+
+  /** The 1024 words of frame `fn` (a view; the zero frame when never written). Not for hot paths. */
+  frame(fn: number): Uint32Array {
+    if (this.flat !== null) return this.flat.subarray(fn * FRAME_WORDS, (fn + 1) * FRAME_WORDS);
+    const s = this.slot(fn);
+    const base = (s & SLAB_MASK) << 10;
+    return this.slabs[s >>> SLAB_SHIFT]!.subarray(base, base + FRAME_WORDS);
+  }
+
+  /** Writes word `wi` (0..1023) of frame `fn`. */
+  writeWord(fn: number, wi: number, v: number): void {
+    if (this.flat !== null) {
+      this.flat[this.touchFlat(fn) + wi] = v;
+      return;
+    }
+    const s = this.slotForWrite(fn);
+    this.slabs[s >>> SLAB_SHIFT]![((s & SLAB_MASK) << 10) + wi] = v;
   }
 
   /** Whether [addr, addr+len) is entirely backed. */
@@ -93,11 +172,12 @@ export class PhysicalMemory {
 
   /** u32 at a 4-aligned address. */
   read32(addr: number): number {
-    return this.frame(Math.floor(addr / PAGE_SIZE))[(addr % PAGE_SIZE) >>> 2]!;
+    const i = this.locate(Math.floor(addr / PAGE_SIZE));
+    return this.rdArr[i + ((addr % PAGE_SIZE) >>> 2)]!;
   }
 
   write32(addr: number, v: number): void {
-    this.frameForWrite(Math.floor(addr / PAGE_SIZE))[(addr % PAGE_SIZE) >>> 2] = v;
+    this.writeWord(Math.floor(addr / PAGE_SIZE), (addr % PAGE_SIZE) >>> 2, v);
   }
 
   /** Low half of the u64 at an 8-aligned address. */
@@ -112,10 +192,18 @@ export class PhysicalMemory {
 
   /** u64 at an 8-aligned address, as two halves. */
   write64(addr: number, lo: number, hi: number): void {
-    const f = this.frameForWrite(Math.floor(addr / PAGE_SIZE));
-    const w = (addr % PAGE_SIZE) >>> 2;
-    f[w] = lo;
-    f[w + 1] = hi;
+    const flat = this.flat;
+    if (flat !== null) {
+      const i = this.touchFlat(Math.floor(addr / PAGE_SIZE)) + ((addr % PAGE_SIZE) >>> 2);
+      flat[i] = lo;
+      flat[i + 1] = hi;
+      return;
+    }
+    const s = this.slotForWrite(Math.floor(addr / PAGE_SIZE));
+    const i = ((s & SLAB_MASK) << 10) + ((addr % PAGE_SIZE) >>> 2);
+    const slab = this.slabs[s >>> SLAB_SHIFT]!;
+    slab[i] = lo;
+    slab[i + 1] = hi;
   }
 
   /** u64 at an 8-aligned address as a bigint (not for hot paths). */
@@ -129,16 +217,25 @@ export class PhysicalMemory {
 
   // ---- byte ranges (DMA data, unaligned mem_* accesses) ----
 
+  /** Byte view of frame `fn`; `write` stamps it as written (and allocates it). */
+  private bytesOf(fn: number, write: boolean): Uint8Array {
+    if (this.flat !== null) {
+      if (write) this.touchFlat(fn);
+      return new Uint8Array(this.flat.buffer, fn * PAGE_SIZE, PAGE_SIZE);
+    }
+    const s = write ? this.slotForWrite(fn) : this.slot(fn);
+    const slab = this.slabs[s >>> SLAB_SHIFT]!;
+    return new Uint8Array(slab.buffer, slab.byteOffset + ((s & SLAB_MASK) << 12), PAGE_SIZE);
+  }
+
   /** Copies [addr, addr+dst.length) into dst. Caller checks `backed`. */
   readInto(addr: number, dst: Uint8Array): void {
     let done = 0;
     while (done < dst.length) {
       const a = addr + done;
-      const fn = Math.floor(a / PAGE_SIZE);
       const off = a % PAGE_SIZE;
       const n = Math.min(PAGE_SIZE - off, dst.length - done);
-      const f = this.frame(fn);
-      dst.set(new Uint8Array(f.buffer, f.byteOffset + off, n), done);
+      dst.set(this.bytesOf(Math.floor(a / PAGE_SIZE), false).subarray(off, off + n), done);
       done += n;
     }
   }
@@ -148,11 +245,9 @@ export class PhysicalMemory {
     let done = 0;
     while (done < src.length) {
       const a = addr + done;
-      const fn = Math.floor(a / PAGE_SIZE);
       const off = a % PAGE_SIZE;
       const n = Math.min(PAGE_SIZE - off, src.length - done);
-      const f = this.frameForWrite(fn);
-      new Uint8Array(f.buffer, f.byteOffset + off, n).set(src.subarray(done, done + n));
+      this.bytesOf(Math.floor(a / PAGE_SIZE), true).set(src.subarray(done, done + n), off);
       done += n;
     }
   }
