@@ -1,0 +1,335 @@
+// Page pinning and accounting for IOAS areas: the model of drivers/iommu/iommufd/pages.c
+// (research iommufd.md B.4, B.8). An IoptPages (one per MAP / MAP_FILE, shared by COPY) gets a
+// PagesSource: where its pages come from (a user mm or a memfd), how pins are charged, and a
+// per-page pin table. A page is pinned once per IoptPages however many domains mirror it and
+// however many accesses pin it ("holders"); the first holder pins it (pin_user_pages with
+// FOLL_LONGTERM, which unshares private pages) and charges it, the last one unpins it.
+// Charging (iopt_pages_update_pinned): mm->pinned_vm always; user->locked_vm (ACCOUNT_USER) or
+// mm->locked_vm (ACCOUNT_MM) against RLIMIT_MEMLOCK, ENOMEM over the limit; nothing for a
+// caller with CAP_IPC_LOCK (ACCOUNT_NONE).
+//
+// The IoptHooks here are where io_pagetable calls out: filling a new area into every domain,
+// filling a new domain with every area, and the reverse, each undoing its own partial work on
+// failure so that a failed ioctl leaves no pin and no mapping behind.
+
+import { type KernelError, kerr } from '../core/errno.ts';
+import type { FaultInjector } from '../core/fault.ts';
+import { invariant } from '../core/invariants.ts';
+import { type IommuDomain, iommuMap, iommuUnmap } from '../iommu/core.ts';
+import type { IoptArea, IoptDomain, IoptHooks, IoptPages } from './io-pagetable.ts';
+import { ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER } from './main.ts';
+import { type MemFile, PAGE_SIZE, type PhysMem, type UserAccount, type UserMm } from './process.ts';
+
+/** Who is charged for the pins of one IoptPages. */
+export interface PinAccount {
+  mode: number;
+  user: UserAccount;
+  mm: UserMm;
+  rlimitPages: number;
+}
+
+/** The source and pin state of an IoptPages (its `source`). */
+export class PagesSource {
+  readonly kind: 'user' | 'file';
+  /** User pages: the mm the VA belongs to (source_mm). */
+  readonly mm: UserMm | null;
+  readonly file: MemFile | null;
+  readonly phys: PhysMem;
+  acct: PinAccount;
+  /** Pinned pfn per page (0 = not pinned) and how many holders want it pinned. */
+  pfns: Int32Array;
+  holders: Int32Array;
+  /** Pages currently pinned (and charged). */
+  npinned = 0;
+  constructor(
+    kind: 'user' | 'file',
+    phys: PhysMem,
+    mm: UserMm | null,
+    file: MemFile | null,
+    acct: PinAccount,
+  ) {
+    this.kind = kind;
+    this.phys = phys;
+    this.mm = mm;
+    this.file = file;
+    this.acct = acct;
+    this.pfns = new Int32Array(0);
+    this.holders = new Int32Array(0);
+  }
+}
+
+export function sourceOf(pages: IoptPages): PagesSource {
+  const s = pages.source;
+  invariant(s instanceof PagesSource, 'iopt_pages without a PagesSource');
+  if (s.pfns.length !== Number(pages.npages)) {
+    s.pfns = new Int32Array(Number(pages.npages));
+    s.holders = new Int32Array(Number(pages.npages));
+  }
+  return s;
+}
+
+export function chargePins(acct: PinAccount, n: number): KernelError | undefined {
+  if (acct.mode === ACCOUNT_USER) {
+    if (acct.user.lockedVm + n > acct.rlimitPages)
+      return kerr('ENOMEM', `RLIMIT_MEMLOCK: ${acct.user.lockedVm + n} pages over ${acct.rlimitPages}`);
+    acct.user.lockedVm += n;
+  } else if (acct.mode === ACCOUNT_MM) {
+    if (acct.mm.lockedVm + n > acct.rlimitPages)
+      return kerr('ENOMEM', `RLIMIT_MEMLOCK: ${acct.mm.lockedVm + n} pages over ${acct.rlimitPages}`);
+    acct.mm.lockedVm += n;
+  }
+  acct.mm.pinnedVm += n;
+  return undefined;
+}
+
+export function unchargePins(acct: PinAccount, n: number): void {
+  if (acct.mode === ACCOUNT_USER) acct.user.lockedVm -= n;
+  else if (acct.mode === ACCOUNT_MM) acct.mm.lockedVm -= n;
+  acct.mm.pinnedVm -= n;
+  invariant(
+    acct.mm.pinnedVm >= 0 && acct.user.lockedVm >= 0 && acct.mm.lockedVm >= 0,
+    'pin accounting below zero',
+  );
+}
+
+export { ACCOUNT_NONE };
+
+/**
+ * Hold pages [first, last] of `pages`: pin the ones nobody held yet. All or nothing:
+ * EFAULT for user memory that is not there (or an mm that is gone), EINVAL for a file range
+ * past the end of the file, ENOMEM over the memlock limit or on an injected failure.
+ */
+export function pagesHold(
+  pages: IoptPages,
+  first: number,
+  last: number,
+  faults: FaultInjector,
+): KernelError | undefined {
+  const s = sourceOf(pages);
+  if (faults.armed && faults.shouldFail('temp_kmalloc'))
+    return kerr('ENOMEM', 'pfn_reader: batch allocation failed');
+  const holders = s.holders;
+  const pfns = s.pfns;
+  const phys = s.phys;
+  const write = pages.writable;
+  const base = Number(pages.base);
+  let newly = 0;
+  let err: KernelError | undefined;
+  let i = first;
+  for (; i <= last; i++) {
+    if (holders[i]! > 0) {
+      holders[i]!++;
+      continue;
+    }
+    let pfn = 0;
+    if (s.kind === 'user') {
+      const mm = s.mm!;
+      if (!mm.alive) {
+        err = kerr('EFAULT', 'the mm of these pages is gone');
+        break;
+      }
+      pfn = mm.fault(base + i * PAGE_SIZE, write, true);
+      if (pfn === 0) {
+        err = kerr('EFAULT', `no user page at 0x${(base + i * PAGE_SIZE).toString(16)}`);
+        break;
+      }
+    } else {
+      pfn = s.file!.page(base / PAGE_SIZE + i);
+      if (pfn === 0) {
+        err = kerr('EINVAL', 'file range is beyond the end of the file');
+        break;
+      }
+    }
+    phys.pinPage(pfn);
+    pfns[i] = pfn;
+    holders[i] = 1;
+    newly++;
+  }
+  if (err === undefined && newly > 0) {
+    if (faults.armed && faults.shouldFail('pfn_reader_user_update_pinned'))
+      err = kerr('ENOMEM', 'pfn_reader_user_update_pinned: injected failure');
+    else err = chargePins(s.acct, newly);
+  }
+  if (err !== undefined) {
+    // Undo exactly what this call did: pages [first, i) were taken (i = last + 1 when the
+    // charge failed); nothing was charged.
+    for (let j = first; j < i; j++) {
+      if (--holders[j]! === 0) {
+        phys.unpinPage(pfns[j]!);
+        pfns[j] = 0;
+      }
+    }
+    return err;
+  }
+  s.npinned += newly;
+  return undefined;
+}
+
+/** Release a hold on pages [first, last]: the last holder unpins and uncharges. */
+export function pagesUnhold(pages: IoptPages, first: number, last: number): void {
+  const s = sourceOf(pages);
+  const holders = s.holders;
+  const pfns = s.pfns;
+  const phys = s.phys;
+  let freed = 0;
+  for (let i = first; i <= last; i++) {
+    const h = --holders[i]!;
+    invariant(h >= 0, 'iopt_pages: unhold of a page nobody holds');
+    if (h === 0) {
+      phys.unpinPage(pfns[i]!);
+      pfns[i] = 0;
+      freed++;
+    }
+  }
+  if (freed > 0) {
+    unchargePins(s.acct, freed);
+    s.npinned -= freed;
+  }
+}
+
+/** The page index range of an area inside its pages. */
+export function areaPageRange(area: IoptArea): { first: number; last: number } {
+  const sb = Number(area.startByte);
+  const len = Number(area.length);
+  return { first: Math.floor(sb / PAGE_SIZE), last: Math.floor((sb + len - 1) / PAGE_SIZE) };
+}
+
+/** Map a held area into one domain, contiguous physical runs at a time (batch_to_domain). */
+function mapAreaInDomain(area: IoptArea, domain: IommuDomain): KernelError | undefined {
+  const s = sourceOf(area.pages);
+  const pfns = s.pfns;
+  const iova0 = Number(area.iova);
+  const len = Number(area.length);
+  const sb = Number(area.startByte);
+  let off = 0;
+  while (off < len) {
+    const byte = sb + off;
+    const idx = Math.floor(byte / PAGE_SIZE);
+    const pa = pfns[idx]! * PAGE_SIZE + (byte % PAGE_SIZE);
+    let runEnd = (idx + 1) * PAGE_SIZE - sb; // area offset of the end of this page
+    let j = idx;
+    while (runEnd < len && pfns[j + 1] === pfns[j]! + 1) {
+      j++;
+      runEnd += PAGE_SIZE;
+    }
+    const n = Math.min(runEnd, len) - off;
+    const err = iommuMap(domain, iova0 + off, pa, n, area.iommuProt);
+    if (err) {
+      if (off > 0) iommuUnmap(domain, iova0, off);
+      return err;
+    }
+    off += n;
+  }
+  return undefined;
+}
+
+function unmapAreaFromDomain(area: IoptArea, domain: IommuDomain): void {
+  const n = iommuUnmap(domain, Number(area.iova), Number(area.length));
+  invariant(n === Number(area.length), 'iopt: unmap of an area from a domain was short');
+}
+
+/** The IoptHooks of one IOAS: pins follow "the IOAS has at least one domain". */
+export function makeIoptHooks(faults: FaultInjector, domainCount: () => number): IoptHooks {
+  const held = new WeakSet<IoptArea>();
+  const hold = (a: IoptArea): KernelError | undefined => {
+    if (held.has(a)) return undefined;
+    const { first, last } = areaPageRange(a);
+    const err = pagesHold(a.pages, first, last, faults);
+    if (!err) held.add(a);
+    return err;
+  };
+  const unhold = (a: IoptArea): void => {
+    if (!held.has(a)) return;
+    held.delete(a);
+    const { first, last } = areaPageRange(a);
+    pagesUnhold(a.pages, first, last);
+  };
+  return {
+    fillArea(area, domains) {
+      const err = hold(area);
+      if (err) return err;
+      for (let i = 0; i < domains.length; i++) {
+        const e = mapAreaInDomain(area, domains[i] as IommuDomain);
+        if (e) {
+          for (let j = 0; j < i; j++) unmapAreaFromDomain(area, domains[j] as IommuDomain);
+          unhold(area);
+          return e;
+        }
+      }
+      return undefined;
+    },
+    unfillArea(area, domains) {
+      for (const d of domains) unmapAreaFromDomain(area, d as IommuDomain);
+      unhold(area);
+    },
+    fillDomain(domain, areas) {
+      const first = domainCount() === 0;
+      for (let i = 0; i < areas.length; i++) {
+        const a = areas[i]!;
+        const err = first ? hold(a) : undefined;
+        const e = err ?? mapAreaInDomain(a, domain as IommuDomain);
+        if (e) {
+          if (first && !err) unhold(a);
+          for (let j = 0; j < i; j++) {
+            unmapAreaFromDomain(areas[j]!, domain as IommuDomain);
+            if (first) unhold(areas[j]!);
+          }
+          return e;
+        }
+      }
+      return undefined;
+    },
+    unfillDomain(domain: IoptDomain, areas) {
+      const last = domainCount() === 0;
+      for (const a of areas) {
+        unmapAreaFromDomain(a, domain as IommuDomain);
+        if (last) unhold(a);
+      }
+    },
+  };
+}
+
+/** The physical address of byte `off` of `pages` if it is pinned, else -1. */
+export function pinnedPhys(pages: IoptPages, off: number): number {
+  const s = sourceOf(pages);
+  const sb = off;
+  const idx = Math.floor(sb / PAGE_SIZE);
+  const pfn = s.pfns[idx] ?? 0;
+  return pfn === 0 ? -1 : pfn * PAGE_SIZE + (sb % PAGE_SIZE);
+}
+
+/**
+ * iopt_pages_rw_access: copy between `buf` and `len` bytes of the pages from byte `off`,
+ * through the pinned pages where there are some, else through the source (the mm must
+ * still be alive).
+ */
+export function pagesRw(
+  pages: IoptPages,
+  off: number,
+  buf: Uint8Array,
+  bufOff: number,
+  len: number,
+  write: boolean,
+): KernelError | undefined {
+  const s = sourceOf(pages);
+  const base = Number(pages.base);
+  while (len > 0) {
+    const idx = Math.floor(off / PAGE_SIZE);
+    const po = off % PAGE_SIZE;
+    const n = Math.min(len, PAGE_SIZE - po);
+    let pfn = s.pfns[idx] ?? 0;
+    if (pfn === 0) {
+      if (s.kind === 'user') {
+        if (!s.mm!.alive) return kerr('EFAULT', 'the mm of these pages is gone');
+        pfn = s.mm!.fault(base + idx * PAGE_SIZE, write);
+      } else pfn = s.file!.page(base / PAGE_SIZE + idx);
+      if (pfn === 0) return kerr('EFAULT', 'no page behind this IOVA');
+    }
+    if (write) s.phys.write(pfn * PAGE_SIZE + po, buf, bufOff, n);
+    else s.phys.read(pfn * PAGE_SIZE + po, buf, bufOff, n);
+    off += n;
+    bufOff += n;
+    len -= n;
+  }
+  return undefined;
+}
