@@ -122,7 +122,7 @@ const {
 } = regs;
 const { NO_PASID_KEY } = iotlbMod;
 const { SLAB_SHIFT, SLAB_MASK } = memory;
-const { descType, QI_TYPE, qword } = structs;
+const { descType, QI_TYPE, qword, PAGE_REQ_DSC } = structs;
 const { LowestFreePasidAllocator } = vcmd;
 
 /** translate() results below zero. */
@@ -2387,6 +2387,81 @@ export class VtdIommu {
       0,
     );
     return 0;
+  }
+
+  // =============================================================================================
+  // Page requests (E)
+
+  /**
+   * A page request from an endpoint (PCIe PRI) for the page holding (hi, lo). Checked against
+   * the root and context entries (legacy mode: RTA.3 0x32; context PRE clear: SCT.8 0x47), then
+   * written as a page_req_dsc at PQT; sets PRS.PPR and signals the page-request event. A full
+   * queue sets PRS.PRO and drops the request. Returns 'queued', 'overflow' or XLATE_FAULT
+   * (details in lastFault).
+   */
+  pageRequest(
+    sid: number,
+    pasid: number,
+    hi: number,
+    lo: number,
+    access: number,
+    priv: boolean,
+    lpig: boolean,
+    prgi: number,
+  ): 'queued' | 'overflow' | number {
+    this.fr = 0;
+    this.fpd = 0;
+    this.stage = STAGE_NONE;
+    if (this.ttm === RTADDR_TTM_LEGACY) {
+      this.fr = FR.SM_RTA_TTM0_PRQ;
+      return this.raise(sid, pasid, hi, lo, access, priv, AT_UNTRANSLATED);
+    }
+    const ce = this.lookupContext(sid, pasid);
+    if (ce === null) return this.raise(sid, pasid, hi, lo, access, priv, AT_UNTRANSLATED);
+    if (ce.pre === 0)
+      return this.fail(FR.SM_CTX_PRE, ce.fpd, sid, pasid, hi, lo, access, priv, AT_UNTRANSLATED);
+    const entries = 2 ** ((this.pqaLo & 7) + 7);
+    const tail = (this.pqt >>> 5) % entries;
+    const head = (this.pqh >>> 5) % entries;
+    const base = fnOf(this.pqaLo, this.pqaHi) * 4096;
+    const slot = base + tail * 32;
+    if (this.prs & DMA_PRS_PRO || (tail + 1) % entries === head || !this.mem.backed(slot, 32)) {
+      this.prs |= DMA_PRS_PRO;
+      this.tracer?.({ kind: 'vtd', what: 'page request overflow', iommu: this.name, sid });
+      return 'overflow';
+    }
+    const d = PAGE_REQ_DSC.encode({
+      type: 1,
+      pasidPresent: pasid >= 0 ? 1 : 0,
+      rid: sid,
+      pasid: Math.max(pasid, 0),
+      exeReq: access & ACCESS_X ? 1 : 0,
+      pmReq: priv && pasid >= 0 ? 1 : 0,
+      rdReq: access & ACCESS_R ? 1 : 0,
+      wrReq: access & ACCESS_W ? 1 : 0,
+      lpig: lpig ? 1 : 0,
+      prgIndex: prgi & 0x1ff,
+      addr: qword(lo & 0xfffff000, hi),
+    });
+    for (let i = 0; i < 8; i += 2) this.mem.write64(slot + i * 4, d[i]!, d[i + 1]!);
+    this.pqt = ((tail + 1) % entries) << 5;
+    const wasPending = (this.prs & DMA_PRS_PPR) !== 0;
+    this.prs |= DMA_PRS_PPR;
+    if (!wasPending) {
+      this.pectl |= DMA_FECTL_IP;
+      if ((this.pectl & DMA_FECTL_IM) === 0) this.sendMsi('page-request');
+    }
+    this.tracer?.({
+      kind: 'vtd',
+      what: 'page request',
+      iommu: this.name,
+      sid,
+      ...(pasid >= 0 ? { pasid } : {}),
+      addr: hex(lo & 0xfffff000, hi),
+      prgi,
+      lpig,
+    });
+    return 'queued';
   }
 
   // =============================================================================================
