@@ -215,6 +215,8 @@ export interface IommuDriver {
     type: number,
     userData: IommuUserData | null,
   ): IommuViommuDriverState | KernelError;
+  /** Faults on an unattached PASID go to a nested domain on the RID (iommu_ops.user_pasid_table). */
+  readonly userPasidTable?: boolean;
   /** The value reported as out_max_pasid_log2 cap and the PASID limit per IOMMU instance. */
   readonly maxPasids: number;
 }
@@ -552,7 +554,12 @@ export function iommuDomainFree(domain: IommuDomain): void {
 
 /** iommu_report_device_fault: route a page request to the domain attached at its PASID. */
 export function iommuReportDeviceFault(dev: IommuDevice, fault: IommuPageFault): KernelError | undefined {
-  const e = iommuGetDomainForPasid(dev, fault.pasid);
+  let e = iommuGetDomainForPasid(dev, fault.pasid);
+  if (!e && fault.flags & 1 && dev.driver.userPasidTable) {
+    // A user-managed PASID table: faults of any PASID go to the nested domain on the RID.
+    const rid = iommuGetDomainForPasid(dev, IOMMU_NO_PASID);
+    if (rid?.domain.type === 'nested') e = rid;
+  }
   if (!e?.domain.iopfHandler) return kerr('ENODEV', 'no IOPF-capable domain at that PASID');
   e.domain.iopfHandler(dev, fault);
   return undefined;

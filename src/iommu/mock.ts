@@ -224,6 +224,7 @@ const blockedOps: IommuDomainOps = {
 export class MockIommuDriver implements IommuDriver {
   readonly name = 'mock_iommu';
   readonly maxPasids = 1 << MOCK_PASID_WIDTH;
+  readonly userPasidTable = true;
   readonly blockedDomain: IommuDomain;
   readonly defaultDomain: IommuDomain;
   readonly faults: FaultInjector;

@@ -400,7 +400,7 @@ export function getDirtyBitmapIoctl(u: Ucmd): number | KernelError {
     },
   };
   for (const a of h.ioas.iopt.areasIn(iova, last)) {
-    const s = a.iova > iova ? a.iova : iova;
+    const s = bigMax(a.iova, iova);
     const e = a.last < last ? a.last : last;
     const err = d.dirtyOps.readAndClearDirty(d, Number(s), Number(e - s + 1n), flags, record);
     if (err) return err;
@@ -710,3 +710,7 @@ export function assertHwpt(h: unknown): asserts h is HwPagetable {
 }
 
 export type { IommuViommuDriverState };
+
+function bigMax(a: bigint, b: bigint): bigint {
+  return a > b ? a : b;
+}

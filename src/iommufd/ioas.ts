@@ -48,7 +48,11 @@ export class Ioas extends IommufdObject {
   constructor(ctx: IommufdCtx) {
     super(ctx);
     const iopt = new IoPagetable({ pageSize: PAGE_SIZE, faults: ctx.faults });
-    const hooks = makeIoptHooks(ctx.faults, () => iopt.domains.length);
+    const hooks = makeIoptHooks(
+      ctx.faults,
+      () => iopt.domains.length,
+      () => iopt.disableLargePages,
+    );
     hooks.notifyUnmap = (iova, length) => {
       for (const a of [...this.accesses]) a.ops.unmap(a, iova, length);
     };

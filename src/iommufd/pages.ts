@@ -195,7 +195,7 @@ export function areaPageRange(area: IoptArea): { first: number; last: number } {
 }
 
 /** Map a held area into one domain, contiguous physical runs at a time (batch_to_domain). */
-function mapAreaInDomain(area: IoptArea, domain: IommuDomain): KernelError | undefined {
+function mapAreaInDomain(area: IoptArea, domain: IommuDomain, small: boolean): KernelError | undefined {
   const s = sourceOf(area.pages);
   const pfns = s.pfns;
   const iova0 = Number(area.iova);
@@ -208,7 +208,9 @@ function mapAreaInDomain(area: IoptArea, domain: IommuDomain): KernelError | und
     const pa = pfns[idx]! * PAGE_SIZE + (byte % PAGE_SIZE);
     let runEnd = (idx + 1) * PAGE_SIZE - sb; // area offset of the end of this page
     let j = idx;
-    while (runEnd < len && pfns[j + 1] === pfns[j]! + 1) {
+    // With large pages disabled every page is its own map call (batch_iommu_map_small), so
+    // that a later unmap may cut between any two pages.
+    while (!small && runEnd < len && pfns[j + 1] === pfns[j]! + 1) {
       j++;
       runEnd += PAGE_SIZE;
     }
@@ -229,7 +231,11 @@ function unmapAreaFromDomain(area: IoptArea, domain: IommuDomain): void {
 }
 
 /** The IoptHooks of one IOAS: pins follow "the IOAS has at least one domain". */
-export function makeIoptHooks(faults: FaultInjector, domainCount: () => number): IoptHooks {
+export function makeIoptHooks(
+  faults: FaultInjector,
+  domainCount: () => number,
+  smallPages: () => boolean,
+): IoptHooks {
   const held = new WeakSet<IoptArea>();
   const hold = (a: IoptArea): KernelError | undefined => {
     if (held.has(a)) return undefined;
@@ -249,7 +255,7 @@ export function makeIoptHooks(faults: FaultInjector, domainCount: () => number):
       const err = hold(area);
       if (err) return err;
       for (let i = 0; i < domains.length; i++) {
-        const e = mapAreaInDomain(area, domains[i] as IommuDomain);
+        const e = mapAreaInDomain(area, domains[i] as IommuDomain, smallPages());
         if (e) {
           for (let j = 0; j < i; j++) unmapAreaFromDomain(area, domains[j] as IommuDomain);
           unhold(area);
@@ -267,7 +273,7 @@ export function makeIoptHooks(faults: FaultInjector, domainCount: () => number):
       for (let i = 0; i < areas.length; i++) {
         const a = areas[i]!;
         const err = first ? hold(a) : undefined;
-        const e = err ?? mapAreaInDomain(a, domain as IommuDomain);
+        const e = err ?? mapAreaInDomain(a, domain as IommuDomain, smallPages());
         if (e) {
           if (first && !err) unhold(a);
           for (let j = 0; j < i; j++) {

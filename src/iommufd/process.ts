@@ -16,6 +16,8 @@ import { invariant } from '../core/invariants.ts';
 
 export const PAGE_SIZE = 4096;
 export const PAGE_SHIFT = 12;
+/** Pages per 2 MiB huge page. */
+export const HPAGE_PAGES = 512;
 
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
@@ -70,6 +72,19 @@ export class PhysMem {
       this.freeList.push(pfn);
       this.live--;
     }
+  }
+
+  /**
+   * `n` physically contiguous pages aligned to `align` pages (a huge page), each with one
+   * reference. Taken from fresh memory, never from the free list.
+   */
+  allocContig(n: number, align: number): number {
+    const start = Math.ceil(this.next / align) * align;
+    this.next = start + n;
+    if (this.next >= this.ref.length) this.grow(this.next);
+    for (let i = 0; i < n; i++) this.ref[start + i] = 1;
+    this.live += n;
+    return start;
   }
 
   /** pin_user_pages: a pin also holds a reference, so the page outlives munmap. */
@@ -203,6 +218,16 @@ export class MemFile extends KFile {
     if (idx >= this.pages.length) return 0;
     let pfn = this.pages[idx]!;
     if (pfn === 0) {
+      if (this.hugetlb) {
+        // hugetlbfs: the whole 2 MiB folio at once, physically contiguous and aligned.
+        const first = idx - (idx % HPAGE_PAGES);
+        const base = this.phys.allocContig(HPAGE_PAGES, HPAGE_PAGES);
+        for (let i = 0; i < HPAGE_PAGES; i++) {
+          if (first + i < this.pages.length && this.pages[first + i] === 0) this.pages[first + i] = base + i;
+          else this.phys.put(base + i);
+        }
+        return this.pages[idx]!;
+      }
       pfn = this.phys.alloc();
       this.pages[idx] = pfn;
     }

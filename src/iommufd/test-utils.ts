@@ -86,6 +86,12 @@ export class Kt {
     return { ret: r.ret, errno, out: decodeAny(s, r.arg), bytes: r.arg };
   }
 
+  /** ioctl by request number with raw argument bytes (null: a faulting pointer). */
+  ioctlRaw(cmd: number, bytes: Uint8Array | null): Res {
+    const r = ioctl(this.p, this.fd, cmd, bytes);
+    return { ret: r.ret, errno: r.ret < 0 ? (r.error?.code ?? null) : null, out: {}, bytes: r.arg };
+  }
+
   /** ioctl with an integer argument (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU). */
   ioctlValue(name: IoctlName, raw: bigint | number): Res {
     const r = ioctlValue(this.p, this.fd, IOCTLS[name].cmd, BigInt(raw));
@@ -278,7 +284,7 @@ export class Kt {
     return { id: r.out['out_fault_id'] as number, fd: r.out['out_fault_fd'] as number };
   }
   /** test_cmd_trigger_iopf(_pasid): inject a page request, read it from the fault fd, answer it. */
-  triggerIopf(devId: number, faultFd: number, pasid = 0): void {
+  triggerIopf(devId: number, faultFd: number, pasid = 0x1): void {
     this.ok(
       this.testCmd(15, 0, 'trigger_iopf', {
         dev_id: devId,
