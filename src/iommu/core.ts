@@ -137,6 +137,21 @@ export interface IommuDomainOps {
     pgcount: number,
     prot: number,
   ): number | KernelError;
+  /**
+   * Optional batch form of `pageCount` separate mapPages calls, one per CPU page of
+   * `pageSize` bytes (iommufd's batch_iommu_map_small loop), page i at iova + i * pageSize →
+   * pfns[first + i] * pageSize. Same observable result as the separate calls; it only saves a
+   * call per page on the hot path.
+   */
+  mapSmallPages?(
+    domain: IommuDomain,
+    iova: number,
+    pfns: Int32Array,
+    first: number,
+    pageCount: number,
+    pageSize: number,
+    prot: number,
+  ): KernelError | undefined;
   /** Returns the bytes unmapped. */
   unmapPages?(domain: IommuDomain, iova: number, pgsize: number, pgcount: number): number;
   iotlbSync?(domain: IommuDomain): void;

@@ -11,7 +11,7 @@
 
 import { type KernelError, kerr } from '../core/errno.ts';
 import type { FaultInjector } from '../core/fault.ts';
-import { invariant } from '../core/invariants.ts';
+import { invariant as importedInvariant } from '../core/invariants.ts';
 import {
   copyStructFromUserArray,
   copyStructFromUserData,
@@ -27,6 +27,9 @@ import {
   type IommuViommuDriverState,
   iommuProbeDevice,
 } from './core.ts';
+
+// A local binding: imported bindings cost a getter call each on hot paths once transpiled.
+const invariant: typeof importedInvariant = importedInvariant;
 
 export const MOCK_APERTURE_START = 1 << 24;
 export const MOCK_APERTURE_LAST = 2 ** 31 - 1;
@@ -88,13 +91,24 @@ export class MockPaging {
   constructor(huge: boolean) {
     this.huge = huge;
   }
+  private lastCi = -1;
+  private lastChunk: Float64Array | undefined;
+  private chunk(ci: number): Float64Array | undefined {
+    if (ci === this.lastCi) return this.lastChunk;
+    const c = this.chunks.get(ci);
+    if (c !== undefined) {
+      this.lastCi = ci;
+      this.lastChunk = c;
+    }
+    return c;
+  }
   load(idx: number): number {
-    const c = this.chunks.get(idx >>> CHUNK_SHIFT);
+    const c = this.chunk(idx >>> CHUNK_SHIFT);
     return c === undefined ? 0 : c[idx & (CHUNK - 1)]!;
   }
   store(idx: number, v: number): number {
     const ci = idx >>> CHUNK_SHIFT;
-    let c = this.chunks.get(ci);
+    let c = this.chunk(ci);
     if (c === undefined) {
       c = new Float64Array(CHUNK);
       this.chunks.set(ci, c);
@@ -246,7 +260,28 @@ export class MockIommuDriver implements IommuDriver {
       mapPages: (d, iova, paddr, pgsize, pgcount) => {
         if (faultsRef.armed && faultsRef.shouldFail('mock_domain_map_pages'))
           return kerr('ENOENT', 'mock_domain_map_pages: injected failure');
-        return mockMapPages(mockPaging(d)!, iova, paddr, pgsize, pgcount);
+        return mockMapPages(d.priv as MockPaging, iova, paddr, pgsize, pgcount);
+      },
+      mapSmallPages: (d, iova, pfns, first, n, pageSize) => {
+        // As n separate mapPages calls; the injected failure can hit any of them.
+        if (faultsRef.armed) {
+          for (let i = 0; i < n; i++) {
+            if (faultsRef.shouldFail('mock_domain_map_pages')) {
+              if (i > 0) mockUnmapPages(d, iova, MOCK_IO_PAGE_SIZE, (i * pageSize) / MOCK_IO_PAGE_SIZE);
+              return kerr('ENOENT', 'mock_domain_map_pages: injected failure');
+            }
+            mockMapPages(
+              d.priv as MockPaging,
+              iova + i * pageSize,
+              pfns[first + i]! * pageSize,
+              MOCK_IO_PAGE_SIZE,
+              pageSize / MOCK_IO_PAGE_SIZE,
+            );
+          }
+          return undefined;
+        }
+        mockMapSmall(d.priv as MockPaging, iova, pfns, first, n, pageSize);
+        return undefined;
       },
       unmapPages: (d, iova, pgsize, pgcount) => mockUnmapPages(d, iova, pgsize, pgcount),
       iovaToPhys: (d, iova) => {
@@ -402,23 +437,46 @@ export class MockIommuDriver implements IommuDriver {
 
 function mockMapPages(m: MockPaging, iova: number, paddr: number, pgsize: number, pgcount: number): number {
   const huge = pgsize !== MOCK_IO_PAGE_SIZE ? PFN_HUGE : 0;
+  const n = (pgsize / MOCK_IO_PAGE_SIZE) * pgcount;
   let idx = iova / MOCK_IO_PAGE_SIZE;
   let pa = paddr;
-  const n = (pgsize / MOCK_IO_PAGE_SIZE) * pgcount;
   for (let i = 0; i < n; i++) {
     let f = PFN_PRESENT | huge;
     if (i === 0) f |= PFN_START;
     if (i === n - 1) f |= PFN_LAST;
-    const old = m.store(idx, pa + f);
-    invariant(old === 0, 'mock_domain_map_pages: IOVA already mapped');
+    if (m.store(idx, pa + f) !== 0) invariant(false, 'mock_domain_map_pages: IOVA already mapped');
     idx++;
     pa += MOCK_IO_PAGE_SIZE;
   }
   return n * MOCK_IO_PAGE_SIZE;
 }
 
+/** n pages of pageSize, each its own map call: START on its first IO page, LAST on its last. */
+function mockMapSmall(
+  m: MockPaging,
+  iova: number,
+  pfns: Int32Array,
+  first: number,
+  n: number,
+  pageSize: number,
+): void {
+  const per = pageSize / MOCK_IO_PAGE_SIZE;
+  let idx = iova / MOCK_IO_PAGE_SIZE;
+  for (let i = 0; i < n; i++) {
+    let pa = pfns[first + i]! * pageSize;
+    for (let k = 0; k < per; k++) {
+      let f = PFN_PRESENT;
+      if (k === 0) f |= PFN_START;
+      if (k === per - 1) f |= PFN_LAST;
+      if (m.store(idx, pa + f) !== 0) invariant(false, 'mock_domain_map_pages: IOVA already mapped');
+      idx++;
+      pa += MOCK_IO_PAGE_SIZE;
+    }
+  }
+}
+
 function mockUnmapPages(d: IommuDomain, iova: number, pgsize: number, pgcount: number): number {
-  const m = mockPaging(d)!;
+  const m = d.priv as MockPaging;
   const n = (pgsize / MOCK_IO_PAGE_SIZE) * pgcount;
   let idx = iova / MOCK_IO_PAGE_SIZE;
   const checkMarks = (d.pgsizes & MOCK_HUGE_PAGE_SIZE) === 0;

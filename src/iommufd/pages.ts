@@ -14,11 +14,21 @@
 
 import { type KernelError, kerr } from '../core/errno.ts';
 import type { FaultInjector } from '../core/fault.ts';
-import { invariant } from '../core/invariants.ts';
+import { invariant as importedInvariant } from '../core/invariants.ts';
 import { type IommuDomain, iommuMap, iommuUnmap } from '../iommu/core.ts';
 import type { IoptArea, IoptDomain, IoptHooks, IoptPages } from './io-pagetable.ts';
 import { ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER } from './main.ts';
-import { type MemFile, PAGE_SIZE, type PhysMem, type UserAccount, type UserMm } from './process.ts';
+import {
+  PAGE_SIZE as IMPORTED_PAGE_SIZE,
+  type MemFile,
+  type PhysMem,
+  type UserAccount,
+  type UserMm,
+} from './process.ts';
+
+// Local bindings: imported bindings cost a getter call each on hot paths once transpiled.
+const invariant: typeof importedInvariant = importedInvariant;
+const PAGE_SIZE: number = IMPORTED_PAGE_SIZE;
 
 /** Who is charged for the pins of one IoptPages. */
 export interface PinAccount {
@@ -128,9 +138,31 @@ export function pagesHold(
         err = kerr('EFAULT', 'the mm of these pages is gone');
         break;
       }
-      pfn = mm.fault(base + i * PAGE_SIZE, write, true);
+      const va = base + i * PAGE_SIZE;
+      // Fast path: a run of already-present pages of one shared mapping.
+      const vma = mm.findVma(va);
+      if (vma !== null && vma.shared && (!write || vma.prot & 2) && vma.file !== null && !vma.file.hugetlb) {
+        const fp = vma.file.pages;
+        const off = vma.pgoff - vma.start / PAGE_SIZE + base / PAGE_SIZE;
+        const end = Math.min(last + 1, first + (vma.end - base) / PAGE_SIZE);
+        let j = i;
+        while (j < end && holders[j] === 0) {
+          const q = fp[off + j]!;
+          if (q === 0) break;
+          pfns[j] = q;
+          holders[j] = 1;
+          j++;
+        }
+        if (j > i) {
+          phys.pinPages(pfns, i, j);
+          newly += j - i;
+          i = j - 1;
+          continue;
+        }
+      }
+      pfn = mm.fault(va, write, true);
       if (pfn === 0) {
-        err = kerr('EFAULT', `no user page at 0x${(base + i * PAGE_SIZE).toString(16)}`);
+        err = kerr('EFAULT', `no user page at 0x${va.toString(16)}`);
         break;
       }
     } else {
@@ -201,6 +233,50 @@ function mapAreaInDomain(area: IoptArea, domain: IommuDomain, small: boolean): K
   const iova0 = Number(area.iova);
   const len = Number(area.length);
   const sb = Number(area.startByte);
+  if (
+    small &&
+    sb % PAGE_SIZE === 0 &&
+    len % PAGE_SIZE === 0 &&
+    iova0 % PAGE_SIZE === 0 &&
+    domain.ops.mapPages
+  ) {
+    // batch_iommu_map_small: one map call per page, each of the largest granule <= PAGE_SIZE
+    // (what iommu_map's page-size choice gives for a single aligned page).
+    const bm = domain.pgsizes & (PAGE_SIZE * 2 - 1);
+    if (domain.ops.mapSmallPages && (bm & PAGE_SIZE || bm & (PAGE_SIZE - 1))) {
+      return domain.ops.mapSmallPages(
+        domain,
+        iova0,
+        pfns,
+        sb / PAGE_SIZE,
+        len / PAGE_SIZE,
+        PAGE_SIZE,
+        area.iommuProt,
+      );
+    }
+    if (bm !== 0) {
+      const gran = 2 ** (31 - Math.clz32(bm));
+      const count = PAGE_SIZE / gran;
+      const map = domain.ops.mapPages;
+      const first = sb / PAGE_SIZE;
+      const n = len / PAGE_SIZE;
+      for (let i = 0; i < n; i++) {
+        const r = map(
+          domain,
+          iova0 + i * PAGE_SIZE,
+          pfns[first + i]! * PAGE_SIZE,
+          gran,
+          count,
+          area.iommuProt,
+        );
+        if (typeof r !== 'number') {
+          if (i > 0) iommuUnmap(domain, iova0, i * PAGE_SIZE);
+          return r;
+        }
+      }
+      return undefined;
+    }
+  }
   let off = 0;
   while (off < len) {
     const byte = sb + off;

@@ -12,7 +12,10 @@
 
 import { ERRNO, type KernelError, kerr } from '../core/errno.ts';
 import type { FaultInjector } from '../core/fault.ts';
-import { invariant } from '../core/invariants.ts';
+import { invariant as importedInvariant } from '../core/invariants.ts';
+
+// A local binding: imported bindings cost a getter call each on hot paths once transpiled.
+const invariant: typeof importedInvariant = importedInvariant;
 
 export const PAGE_SIZE = 4096;
 export const PAGE_SHIFT = 12;
@@ -85,6 +88,17 @@ export class PhysMem {
     for (let i = 0; i < n; i++) this.ref[start + i] = 1;
     this.live += n;
     return start;
+  }
+
+  /** pin_user_pages of pfns[from, to): the hot path of pinning, no call per page. */
+  pinPages(pfns: Int32Array, from: number, to: number): void {
+    const ref = this.ref;
+    const pin = this.pin;
+    for (let i = from; i < to; i++) {
+      const pfn = pfns[i]!;
+      ref[pfn]!++;
+      pin[pfn]!++;
+    }
   }
 
   /** pin_user_pages: a pin also holds a reference, so the page outlives munmap. */
