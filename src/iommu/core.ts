@@ -243,6 +243,16 @@ export interface IommuViommuDriverState {
   allocDomainNested?(flags: number, userData: IommuUserData): IommuDomain | KernelError;
   cacheInvalidate?(arr: IommuUserDataArray): { handled: number; err?: KernelError };
   destroy?(): void;
+  /** HW queues (get_hw_queue_size != 0 for this type). */
+  hwQueueSupported?(type: number): boolean;
+  /**
+   * hw_queue_init_phys: index checks and the physical address check; returns the index of
+   * the queue this one depends on, or null.
+   */
+  hwQueueInit?(index: number, basePa: number, iova: bigint): { prev: number | null } | KernelError;
+  hwQueueDestroy?(index: number): void;
+  /** An mmap-able region the driver exposes (iommufd_viommu_alloc_mmap): its physical pages. */
+  mmapPages?: Int32Array | null;
   /** Set by the vdevice layer: virt_id → device. */
   vdevs: Map<bigint, IommuDevice>;
 }

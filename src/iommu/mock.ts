@@ -49,6 +49,9 @@ export const IOMMU_VIOMMU_TYPE_SELFTEST = 0xdeadbeef;
 export const IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST = 0xdeadbeef;
 export const IOMMU_TEST_INVALIDATE_FLAG_ALL = 1;
 export const IOMMU_TEST_PASID_RESERVED = 1024;
+export const IOMMU_HW_QUEUE_TYPE_SELFTEST = 0xdeadbeef;
+export const IOMMU_TEST_HW_QUEUE_MAX = 2;
+export const IOMMU_VEVENTQ_TYPE_SELFTEST = 0xbeefbeef;
 
 export const MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0;
 export const MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1;
@@ -134,11 +137,29 @@ export class MockViommu implements IommuViommuDriverState {
   readonly driver: MockIommuDriver;
   readonly parent: IommuDomain;
   readonly inData: number;
+  readonly hwQueues: (boolean | undefined)[] = [];
   constructor(driver: MockIommuDriver, parent: IommuDomain, outData: Uint8Array | null, inData: number) {
     this.driver = driver;
     this.parent = parent;
     this.outData = outData;
     this.inData = inData;
+  }
+  hwQueueSupported(type: number): boolean {
+    return type === IOMMU_HW_QUEUE_TYPE_SELFTEST;
+  }
+  /** mock_hw_queue_init_phys. */
+  hwQueueInit(index: number, basePa: number, iova: bigint): { prev: number | null } | KernelError {
+    if (index >= IOMMU_TEST_HW_QUEUE_MAX) return kerr('EINVAL', `HW queue index ${index}`);
+    if (this.hwQueues[index]) return kerr('EEXIST', `HW queue ${index} exists`);
+    if (index && !this.hwQueues[index - 1]) return kerr('EIO', `HW queue ${index - 1} must exist first`);
+    // Catches a core that converted the physical address wrongly.
+    const pa = this.parent.ops.iovaToPhys?.(this.parent, Number(iova)) ?? -1;
+    if (pa !== basePa) return kerr('EFAULT', 'HW queue base does not match the parent translation');
+    this.hwQueues[index] = true;
+    return { prev: index ? index - 1 : null };
+  }
+  hwQueueDestroy(index: number): void {
+    this.hwQueues[index] = undefined;
   }
   allocDomainNested(flags: number, userData: IommuUserData): IommuDomain | KernelError {
     if (flags & ~HWPT_ALLOC_PASID) return kerr('EOPNOTSUPP', 'mock vIOMMU nested: unknown flags');

@@ -63,6 +63,7 @@ import {
 } from './uapi/index.ts';
 import { makeUcmd, type Ucmd } from './ucmd.ts';
 import { vfioCompatIoctl } from './vfio_compat.ts';
+import { hwQueueAllocIoctl, veventqAllocIoctl } from './viommu.ts';
 
 export interface IoctlResult {
   /** The return value: >= 0 on success, -errno on failure. */
@@ -135,8 +136,8 @@ export class IommufdHost implements ProcessHost {
       [I.IOMMU_VIOMMU_ALLOC.cmd, viommuAllocIoctl],
       [I.IOMMU_VDEVICE_ALLOC.cmd, vdeviceAllocIoctl],
       [I.IOMMU_IOAS_CHANGE_PROCESS.cmd, ioasChangeProcess],
-      [I.IOMMU_VEVENTQ_ALLOC.cmd, () => kerr('EOPNOTSUPP', 'vEVENTQ is not modelled')],
-      [I.IOMMU_HW_QUEUE_ALLOC.cmd, () => kerr('EOPNOTSUPP', 'HW queues are not modelled')],
+      [I.IOMMU_VEVENTQ_ALLOC.cmd, (u, f) => veventqAllocIoctl(u, f)],
+      [I.IOMMU_HW_QUEUE_ALLOC.cmd, hwQueueAllocIoctl],
       [I.IOMMU_TEST_CMD.cmd, (u, f) => testCmdIoctl(u, drv, f)],
     ]);
   }

@@ -600,6 +600,7 @@ export class Viommu extends IommufdObject {
   readonly drv: IommuViommuDriverState;
   readonly driver: IommuDevice['driver'];
   readonly viommuType: number;
+  readonly veventqs: import('./viommu.ts').Veventq[] = [];
   constructor(
     ctx: IommufdCtx,
     hwpt: HwptPaging,

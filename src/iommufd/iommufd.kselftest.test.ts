@@ -1370,6 +1370,62 @@ TEST_F(iommufd_viommu, 'viommu_alloc_nested_iopf', (t, s) => {
   t.destroy(fault.id);
 });
 
+TEST_F(iommufd_viommu, 'vdevice_alloc', (t, s) => {
+  const SELFTEST_EVQ = 0xbeefbeef;
+  if (s.device) {
+    t.err('ENOENT', t._mockDomainReplace(s.stdev, s.nested));
+    const q = t.ok(t._veventqAlloc(s.viommu, SELFTEST_EVQ));
+    const qid = q.out['out_veventq_id'] as number;
+    const qfd = q.out['out_veventq_fd'] as number;
+    t.err('EEXIST', t._veventqAlloc(s.viommu, SELFTEST_EVQ));
+    const prev = { seq: -1 };
+    let vdev = t.ok(t.vdeviceAlloc(s.viommu, s.device, 0x99)).out['out_vdevice_id'] as number;
+    t.mockDomainReplace(s.stdev, s.nested);
+    t.triggerVevents(s.device, 1);
+    assert.equal(t.readVevents(qfd, 1, 0x99, prev), null);
+    t.err('EEXIST', t.vdeviceAlloc(s.viommu, s.device, 0x99));
+    t.mockDomainReplace(s.stdev, s.ioas);
+    t.destroy(vdev);
+    vdev = t.ok(t.vdeviceAlloc(s.viommu, s.device, 0x88)).out['out_vdevice_id'] as number;
+    t.mockDomainReplace(s.stdev, s.nested);
+    t.triggerVevents(s.device, 3);
+    assert.equal(t.readVevents(qfd, 3, 0x88, prev), 'EOVERFLOW');
+    t.triggerVevents(s.device, 1);
+    assert.equal(t.readVevents(qfd, 1, 0x88, prev), null);
+    t.p.close(qfd);
+    t.mockDomainReplace(s.stdev, s.ioas);
+    t.destroy(vdev);
+    t.destroy(qid);
+  } else {
+    t.err('ENOENT', t.vdeviceAlloc(s.viommu, s.device, 0x99));
+  }
+});
+
+TEST_F(iommufd_viommu, 'hw_queue', (t, s) => {
+  if (!s.viommu) return; // SKIP for no_viommu
+  const Q = 0xdeadbeef;
+  let iova = BigInt(MOCK_APERTURE_START);
+  t.err('EOPNOTSUPP', t._hwQueueAlloc(s.viommu, 0, 0, iova, PAGE_SIZE));
+  t.err('EINVAL', t._hwQueueAlloc(s.viommu, Q, 0, iova, 0));
+  t.err('EOVERFLOW', t._hwQueueAlloc(s.viommu, Q, 0, U64_MAX, PAGE_SIZE));
+  t.err('ENOENT', t._hwQueueAlloc(s.viommu, Q, 0, iova, PAGE_SIZE));
+  iova = t.ioasMap(s.ioas, t.buffer, PAGE_SIZE);
+  const iova2 = t.ioasMap(s.ioas, t.buffer + PAGE_SIZE, PAGE_SIZE);
+  t.err('EIO', t._hwQueueAlloc(s.viommu, Q, 1, iova, PAGE_SIZE));
+  t.err('EINVAL', t._hwQueueAlloc(s.viommu, Q, 2, iova, PAGE_SIZE));
+  const q0 = t.ok(t._hwQueueAlloc(s.viommu, Q, 0, iova, PAGE_SIZE)).out['out_hw_queue_id'] as number;
+  t.err('EEXIST', t._hwQueueAlloc(s.viommu, Q, 0, iova, PAGE_SIZE));
+  t.err('EBUSY', t._ioasUnmap(s.ioas, iova, PAGE_SIZE));
+  t.ioasUnmap(s.ioas, iova2, PAGE_SIZE);
+  const q1 = t.ok(t._hwQueueAlloc(s.viommu, Q, 1, iova + BigInt(PAGE_SIZE / 2), PAGE_SIZE / 2)).out[
+    'out_hw_queue_id'
+  ] as number;
+  t.err('EBUSY', t._destroy(q0));
+  t.destroy(q1);
+  t.destroy(q0);
+  t.ioasUnmap(s.ioas, iova, PAGE_SIZE);
+});
+
 TEST_F(iommufd_viommu, 'vdevice_cache', (t, s) => {
   if (!s.device) return; // SKIP for no_viommu
   const vdev = t.ok(t.vdeviceAlloc(s.viommu, s.device, 0x99)).out['out_vdevice_id'] as number;

@@ -291,7 +291,7 @@ function accessPin(withDomain: boolean) {
 TEST_FAIL_NTH('access_pin', accessPin(false));
 TEST_FAIL_NTH('access_pin_domain', accessPin(true));
 
-/* device.c (without HW_QUEUE_ALLOC and VEVENTQ_ALLOC, which the model does not have) */
+/* device.c */
 TEST_FAIL_NTH('device', (s, enable) => {
   if (!open(s)) return false;
   const ioas = ioasAlloc(s);
@@ -317,8 +317,16 @@ TEST_FAIL_NTH('device', (s, enable) => {
   if (!hwpt) return false;
   const v = s.io('IOMMU_VIOMMU_ALLOC', { dev_id: d.idev, hwpt_id: hwpt, type: 0xdeadbeef });
   if (!v) return false;
-  if (!s.io('IOMMU_VDEVICE_ALLOC', { viommu_id: v['out_viommu_id'], dev_id: d.idev, virt_id: 0n }))
-    return false;
+  const viommuId = v['out_viommu_id'] as number;
+  if (!s.io('IOMMU_VDEVICE_ALLOC', { viommu_id: viommuId, dev_id: d.idev, virt_id: 0n })) return false;
+  const hwq = {
+    viommu_id: viommuId,
+    type: 0xdeadbeef,
+    index: 0,
+    nesting_parent_iova: MOCK_APERTURE_START,
+    length: BigInt(PAGE_SIZE),
+  };
+  if (!s.io('IOMMU_HW_QUEUE_ALLOC', hwq)) return false;
   const f = s.io('IOMMU_FAULT_QUEUE_ALLOC', {});
   if (!f) return false;
   s.p.close(f['out_fault_fd'] as number);
@@ -333,6 +341,9 @@ TEST_FAIL_NTH('device', (s, enable) => {
     })
   )
     return false;
+  const q = s.io('IOMMU_VEVENTQ_ALLOC', { viommu_id: viommuId, type: 0xbeefbeef, veventq_depth: 2 });
+  if (!q) return false;
+  s.p.close(q['out_veventq_fd'] as number);
   const testHwpt = hwptAlloc(ioas, 1 << 3);
   if (!testHwpt) return false;
   s.pasid = 200;

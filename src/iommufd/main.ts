@@ -24,6 +24,8 @@ export const OBJ = {
   FAULT: 'FAULT',
   VIOMMU: 'VIOMMU',
   VDEVICE: 'VDEVICE',
+  VEVENTQ: 'VEVENTQ',
+  HW_QUEUE: 'HW_QUEUE',
   SELFTEST: 'SELFTEST',
 } as const;
 export type ObjType = Exclude<(typeof OBJ)[keyof typeof OBJ], 'ANY'>;

@@ -12,6 +12,7 @@ import {
   iommuReportDeviceFault,
 } from '../iommu/core.ts';
 import {
+  IOMMU_VEVENTQ_TYPE_SELFTEST,
   MOCK_IO_PAGE_SIZE,
   type MockIommuDriver,
   mockDev,
@@ -30,7 +31,7 @@ import {
   getDevice,
   IommufdDevice,
 } from './device.ts';
-import { HwPagetable, HwptNested, HwptPaging } from './hw_pagetable.ts';
+import { HwPagetable, HwptNested, HwptPaging, Viommu } from './hw_pagetable.ts';
 import { ULONG_MAX } from './io-pagetable.ts';
 import {
   type AccessPin,
@@ -47,6 +48,7 @@ import {
 import { type IommufdCtx, type IommufdFile, IommufdObject, OBJ } from './main.ts';
 import { KFile, PAGE_SIZE, type Process } from './process.ts';
 import { respond, type Ucmd, userPtr } from './ucmd.ts';
+import { viommuReportEvent } from './viommu.ts';
 
 export const TEST_OP = {
   ADD_RESERVED: 1,
@@ -434,8 +436,16 @@ export function testCmdIoctl(u: Ucmd, drv: MockIommuDriver, ictxFile: IommufdFil
     case TEST_OP.TRIGGER_VEVENT: {
       const idev = getDevice(ctx, m('trigger_vevent')['dev_id'] as number);
       if (!(idev instanceof IommufdDevice)) return idev;
-      if (!mockDev(idev.dev).viommu) return kerr('ENOENT', 'the device is not on a vIOMMU nested domain');
-      return kerr('EOPNOTSUPP', 'vEVENTQ is not modelled');
+      const md = mockDev(idev.dev);
+      if (!md.viommu || !md.vdevId)
+        return kerr('ENOENT', 'the device is not on a vIOMMU nested domain with a vDEVICE');
+      let v: Viommu | null = null;
+      for (const o of ctx.objects.values()) if (o instanceof Viommu && o.drv === md.viommu) v = o;
+      if (!v) return kerr('ENOENT', 'no vIOMMU');
+      // struct iommu_viommu_event_selftest { u32 virt_id; }
+      const ev = new Uint8Array(4);
+      new DataView(ev.buffer).setUint32(0, Number(md.vdevId), true);
+      return viommuReportEvent(v, IOMMU_VEVENTQ_TYPE_SELFTEST, ev) ?? 0;
     }
     case TEST_OP.PASID_ATTACH: {
       const s = getSelftest(ctx, id);

@@ -315,6 +315,41 @@ export class Kt {
   vdeviceAlloc(viommuId: number, devId: number, virtId: number): Res {
     return this.ioctl('IOMMU_VDEVICE_ALLOC', { viommu_id: viommuId, dev_id: devId, virt_id: BigInt(virtId) });
   }
+  _veventqAlloc(viommuId: number, type: number, depth = 2): Res {
+    return this.ioctl('IOMMU_VEVENTQ_ALLOC', { viommu_id: viommuId, type, veventq_depth: depth });
+  }
+  _hwQueueAlloc(viommuId: number, type: number, index: number, iova: bigint, length: number | bigint): Res {
+    return this.ioctl('IOMMU_HW_QUEUE_ALLOC', {
+      viommu_id: viommuId,
+      type,
+      index,
+      nesting_parent_iova: iova,
+      length: BigInt(length),
+    });
+  }
+  /** _test_cmd_trigger_vevents */
+  triggerVevents(devId: number, n: number): void {
+    for (let i = 0; i < n; i++)
+      this.ok(this.testCmd(17, 0, 'trigger_vevent', { dev_id: devId }), 'trigger_vevent');
+  }
+  /** _test_cmd_read_vevents: null on success, else the errno the C helper sets. */
+  readVevents(fd: number, n: number, virtId: number, prev: { seq: number }): ErrnoName | null {
+    const data = this.p.read(fd, n * 12);
+    if (!(data instanceof Uint8Array) || data.length === 0) return 'EFAULT';
+    const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    for (let i = 0; i < n; i++) {
+      const flags = i * 12 + 4 <= data.length ? dv.getUint32(i * 12, true) : 0;
+      const seq = i * 12 + 8 <= data.length ? dv.getUint32(i * 12 + 4, true) : 0;
+      if (flags & 1 || seq - prev.seq > 1) {
+        prev.seq = seq;
+        return 'EOVERFLOW';
+      }
+      prev.seq = seq;
+      // As the C helper, the payload of the first event is checked.
+      if (dv.getUint32(8, true) !== virtId) return 'EINVAL';
+    }
+    return null;
+  }
   /** _test_cmd_hwpt_invalidate: returns rc and the entry_num written back. */
   invalidate(
     id: number,
