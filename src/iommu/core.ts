@@ -251,8 +251,15 @@ export interface IommuViommuDriverState {
    */
   hwQueueInit?(index: number, basePa: number, iova: bigint): { prev: number | null } | KernelError;
   hwQueueDestroy?(index: number): void;
-  /** An mmap-able region the driver exposes (iommufd_viommu_alloc_mmap): its physical pages. */
-  mmapPages?: Int32Array | null;
+  /** Pages of an mmap-able region the driver wants (iommufd_viommu_alloc_mmap), or 0. */
+  readonly mmapPages?: number;
+  /** Fill the region (its first page at `pa`) and report where it was placed. */
+  mmapSetup?(
+    write: (pa: number, bytes: Uint8Array) => void,
+    pa: number,
+    offset: number,
+    length: number,
+  ): void;
   /** Set by the vdevice layer: virt_id → device. */
   vdevs: Map<bigint, IommuDevice>;
 }

@@ -138,11 +138,29 @@ export class MockViommu implements IommuViommuDriverState {
   readonly parent: IommuDomain;
   readonly inData: number;
   readonly hwQueues: (boolean | undefined)[] = [];
+  /** With user data the mock exposes a 2-page region whose first u32 is in_data. */
+  readonly mmapPages: number;
   constructor(driver: MockIommuDriver, parent: IommuDomain, outData: Uint8Array | null, inData: number) {
     this.driver = driver;
     this.parent = parent;
     this.outData = outData;
     this.inData = inData;
+    this.mmapPages = outData ? 2 : 0;
+  }
+  mmapSetup(
+    write: (pa: number, bytes: Uint8Array) => void,
+    pa: number,
+    offset: number,
+    length: number,
+  ): void {
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setUint32(0, this.inData, true);
+    write(pa, b);
+    if (this.outData && this.outData.length >= 24) {
+      const dv = new DataView(this.outData.buffer, this.outData.byteOffset);
+      dv.setBigUint64(8, BigInt(offset), true);
+      dv.setBigUint64(16, BigInt(length), true);
+    }
   }
   hwQueueSupported(type: number): boolean {
     return type === IOMMU_HW_QUEUE_TYPE_SELFTEST;

@@ -614,7 +614,16 @@ export class Viommu extends IommufdObject {
     this.driver = driver;
     this.viommuType = type;
   }
+  /** The driver's mmap region (offset in the context's mmap space, and its pages). */
+  mmapOffset = -1;
+  mmapPfns: Int32Array | null = null;
   destroy(): void {
+    if (this.mmapOffset >= 0) {
+      this.ctx.mmapRegions.delete(this.mmapOffset);
+      const phys = this.ctx.opener.host.phys;
+      for (const pfn of this.mmapPfns!) phys.put(pfn);
+      this.mmapOffset = -1;
+    }
     this.drv.destroy?.();
     this.hwpt.users--;
   }
@@ -642,6 +651,14 @@ export function viommuAllocIoctl(u: Ucmd): number | KernelError {
     return v;
   }
   h.users++;
+  if (state.mmapPages && state.mmapSetup) {
+    const phys = u.p.host.phys;
+    const base = phys.allocContig(state.mmapPages, 1);
+    const pfns = new Int32Array(state.mmapPages).map((_, i) => base + i);
+    v.mmapPfns = pfns;
+    v.mmapOffset = u.ctx.allocMmap(v, pfns);
+    state.mmapSetup((pa, b) => phys.write(pa, b), base * PAGE_SIZE, v.mmapOffset, pfns.length * PAGE_SIZE);
+  }
   if (state.outData && dataLen) {
     const va = userPtr(c['data_uptr'] as bigint);
     const err = va < 0 ? kerr('EFAULT', 'bad data_uptr') : u.p.mm.copyToUser(va, state.outData);

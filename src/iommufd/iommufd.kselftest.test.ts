@@ -1370,6 +1370,34 @@ TEST_F(iommufd_viommu, 'viommu_alloc_nested_iopf', (t, s) => {
   t.destroy(fault.id);
 });
 
+TEST_F(iommufd_viommu, 'viommu_alloc_with_data', (t, s) => {
+  if (!s.device) return; // SKIP for no_viommu
+  // struct iommu_viommu_selftest { in_data; out_data; out_mmap_offset; out_mmap_length; }
+  const data = new Uint8Array(24);
+  new DataView(data.buffer).setUint32(0, 0xbeef, true);
+  const va = t.place(data);
+  const vid = t.ok(t.viommuAlloc(s.device, s.hwpt, IOMMU_VIOMMU_TYPE_SELFTEST, data, va)).out[
+    'out_viommu_id'
+  ] as number;
+  const out = t.p.peek(va, 24) as Uint8Array;
+  const dv = new DataView(out.buffer);
+  assert.equal(dv.getUint32(4, true), 0xbeef);
+  const off = Number(dv.getBigUint64(8, true));
+  const len = Number(dv.getBigUint64(16, true));
+  const mm = (l: number, o: number) => t.p.mmap(l, PROT_READ | PROT_WRITE, MAP_SHARED, t.fd, o);
+  const errOf = (x: unknown) => (x as { code?: string }).code;
+  assert.equal(errOf(mm(len, off + PAGE_SIZE)), 'ENXIO');
+  assert.equal(errOf(mm(len, off + PAGE_SIZE * 2)), 'ENXIO');
+  assert.equal(errOf(mm(len / 2, off)), 'ENXIO');
+  assert.equal(errOf(mm(len * 2, off)), 'ENXIO');
+  const test_ = t.okNum(mm(len, off));
+  assert.equal(new DataView((t.p.peek(test_, 4) as Uint8Array).buffer).getUint32(0, true), 0xbeef);
+  // The owner of the mmap region is blocked while it is mapped.
+  t.err('EBUSY', t._destroy(vid));
+  assert.equal(t.p.munmap(test_, len), undefined);
+  t.destroy(vid);
+});
+
 TEST_F(iommufd_viommu, 'vdevice_alloc', (t, s) => {
   const SELFTEST_EVQ = 0xbeefbeef;
   if (s.device) {

@@ -12,7 +12,7 @@ import type { FaultInjector } from '../core/fault.ts';
 import { invariant } from '../core/invariants.ts';
 import { IdTable } from '../ioasid/id-table.ts';
 import type { IommuGroup } from '../iommu/core.ts';
-import { KFile, type Process } from './process.ts';
+import { KFile, MAP_SHARED, MemFile, PAGE_SIZE, PROT_EXEC, type Process } from './process.ts';
 
 export const OBJ = {
   ANY: 'ANY',
@@ -92,6 +92,8 @@ export class IommufdCtx {
   readonly tombstones = new Set<number>();
   /** The /dev/iommu file of this context (other files take references on it). */
   file: IommufdFile | null = null;
+  /** Driver mmap regions (ictx->mt_mmap): offset → region. */
+  readonly mmapRegions = new Map<number, { length: number; pfns: Int32Array; owner: IommufdObject }>();
   /** Test-op state: the pin batch size (IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT). */
   tempMemoryLimit = 65536;
   /** VFIO compat: type1 (v1) mode turns large pages off on the compat IOAS. */
@@ -191,6 +193,47 @@ export class IommufdCtx {
     return ig;
   }
 
+  /** iommufd_ctx_alloc_mmap: the lowest free page-aligned offset from PAGE_SIZE up. */
+  allocMmap(owner: IommufdObject, pfns: Int32Array): number {
+    const length = pfns.length * PAGE_SIZE;
+    let off = PAGE_SIZE;
+    for (const [o, r] of [...this.mmapRegions].sort((a, b) => a[0] - b[0])) {
+      if (off + length <= o) break;
+      off = Math.max(off, o + r.length);
+    }
+    this.mmapRegions.set(off, { length, pfns, owner });
+    return off;
+  }
+
+  /** iommufd_fops_mmap: only a whole region, shared, not executable. */
+  mmapRegion(offset: number, length: number, prot: number, flags: number): MemFile | KernelError {
+    if (prot & PROT_EXEC) return kerr('EPERM', 'iommufd mmap cannot be executable');
+    if (!(flags & MAP_SHARED)) return kerr('EINVAL', 'iommufd mmap must be MAP_SHARED');
+    let hit: { length: number; pfns: Int32Array; owner: IommufdObject } | undefined;
+    let start = -1;
+    for (const [o, r] of this.mmapRegions)
+      if (offset >= o && offset < o + r.length) {
+        hit = r;
+        start = o;
+      }
+    if (!hit) return kerr('ENXIO', `no mmap region at offset 0x${offset.toString(16)}`);
+    if (start !== offset || length !== hit.length) return kerr('ENXIO', 'only a whole region can be mapped');
+    const region = hit;
+    const phys = this.opener.host.phys;
+    const m = new MemFile(phys, 'iommufd-mmap');
+    m.truncate(length);
+    for (let i = 0; i < region.pfns.length; i++) {
+      phys.get(region.pfns[i]!);
+      m.pages[i] = region.pfns[i]!;
+    }
+    // Each live mapping holds a reference on the region's owner.
+    region.owner.users++;
+    m.onRelease = () => {
+      region.owner.users--;
+    };
+    return m;
+  }
+
   /** iommufd_fops_release: destroy leaf-first until nothing is left. */
   release(): void {
     this.closed = true;
@@ -237,5 +280,14 @@ export class IommufdFile extends KFile {
   }
   release(): void {
     if (this.extraRefs === 0) this.ctx.release();
+  }
+  override mmapFile(
+    _p: Process,
+    offset: number,
+    length: number,
+    prot: number,
+    flags: number,
+  ): MemFile | KernelError {
+    return this.ctx.mmapRegion(offset, length, prot, flags);
   }
 }

@@ -184,6 +184,16 @@ export abstract class KFile {
   write(_p: Process, _bytes: Uint8Array): number | KernelError {
     return kerr('EINVAL', `write on a ${this.kind} file`);
   }
+  /** f_op->mmap for files that are not memfds: the pages to map, as a file object. */
+  mmapFile(
+    _p: Process,
+    _offset: number,
+    _length: number,
+    _prot: number,
+    _flags: number,
+  ): MemFile | KernelError {
+    return kerr('ENODEV', `mmap of a ${this.kind} file`);
+  }
 }
 
 /** A memfd (shmem file); also the backing of MAP_SHARED|MAP_ANONYMOUS memory. */
@@ -196,6 +206,8 @@ export class MemFile extends KFile {
   pages = new Int32Array(0);
   /** Mappings and fds keeping the file alive. */
   users = 0;
+  /** Called when the last mapping or fd goes (a vma_ops close for driver mappings). */
+  onRelease: (() => void) | null = null;
   readonly hugetlb: boolean;
   constructor(phys: PhysMem, name: string, hugetlb = false) {
     super();
@@ -210,7 +222,12 @@ export class MemFile extends KFile {
     this.users++;
   }
   putUser(): void {
-    if (--this.users === 0) this.truncate(0);
+    if (--this.users === 0) {
+      this.truncate(0);
+      const r = this.onRelease;
+      this.onRelease = null;
+      r?.();
+    }
   }
   truncate(size: number): void {
     const npages = Math.ceil(size / PAGE_SIZE);
@@ -609,8 +626,12 @@ export class Process {
     if ((flags & MAP_ANONYMOUS) === 0) {
       const f = this.file(fd);
       if (!(f instanceof KFile)) return f;
-      if (!(f instanceof MemFile)) return kerr('ENODEV', `mmap of a ${f.kind} file`);
-      file = f;
+      if (f instanceof MemFile) file = f;
+      else {
+        const m = f.mmapFile(this, offset, length, prot, flags);
+        if (!(m instanceof MemFile)) return m;
+        return this.mm.mmap(addr, length, prot, flags, m, 0);
+      }
     }
     return this.mm.mmap(addr, length, prot, flags, file, offset);
   }

@@ -303,13 +303,21 @@ export class Kt {
     new DataView(resp.buffer).setUint32(0, dv.getUint32(36, true), true);
     assert.equal(this.p.write(faultFd, resp), 8);
   }
-  viommuAlloc(devId: number, hwptId: number, type: number, data: Uint8Array | null = null): Res {
+  viommuAlloc(
+    devId: number,
+    hwptId: number,
+    type: number,
+    data: Uint8Array | null = null,
+    dataVa?: number,
+  ): Res {
+    const va = data ? (dataVa ?? this.place(data)) : 0;
+    if (data && dataVa !== undefined) this.p.poke(dataVa, data);
     return this.ioctl('IOMMU_VIOMMU_ALLOC', {
       dev_id: devId,
       hwpt_id: hwptId,
       type,
       data_len: data?.length ?? 0,
-      data_uptr: data ? BigInt(this.place(data)) : 0n,
+      data_uptr: BigInt(va),
     });
   }
   vdeviceAlloc(viommuId: number, devId: number, virtId: number): Res {
