@@ -5,15 +5,12 @@
 import { FaultInjector } from './core/fault.ts';
 import { debugEnabled, InvariantError } from './core/invariants.ts';
 import type { Tracer } from './core/trace.ts';
+import type { PciDevice } from './hw/pci.ts';
+import { createPlatform, type Platform } from './hw/platform.ts';
 import { GlobalPasidAllocator, type PasidCapable } from './ioasid/global-pasid.ts';
 import { IoasidCore, type IoasidProfile } from './ioasid/ioasid.ts';
 import { IommuPasidApi } from './ioasid/pasid.ts';
-import {
-  type DeviceConfig,
-  defaultMachineConfig,
-  type MachineConfig,
-  normaliseBdf,
-} from './machine-config.ts';
+import { defaultMachineConfig, type MachineConfig } from './machine-config.ts';
 
 export interface MachineOptions {
   config?: MachineConfig;
@@ -25,10 +22,7 @@ export interface MachineOptions {
 }
 
 /** A device as the IOMMU core sees it: its bdf and `dev->iommu->max_pasids`. */
-export interface MachineDevice extends PasidCapable {
-  readonly bdf: string;
-  readonly config: DeviceConfig;
-}
+export type MachineDevice = PciDevice & PasidCapable;
 
 export class Machine {
   readonly config: MachineConfig;
@@ -39,8 +33,9 @@ export class Machine {
   readonly ioasid: IoasidCore;
   readonly pasid: IommuPasidApi;
   readonly globalPasid: GlobalPasidAllocator;
-  readonly devices: MachineDevice[];
-  private readonly byBdf = new Map<string, MachineDevice>();
+  /** The hardware: physical memory, the VT-d units, the PCI devices. */
+  readonly hw: Platform;
+  readonly devices: readonly MachineDevice[];
 
   constructor(opts: MachineOptions = {}) {
     this.config = opts.config ?? defaultMachineConfig();
@@ -54,17 +49,12 @@ export class Machine {
       tracer: this.tracerFn,
       debug: this.debug,
     });
+    this.hw = createPlatform(this.config, { tracer: this.tracerFn, debug: this.debug });
+    this.devices = this.hw.devices;
     // The system PASID width is the narrowest IOMMU's (init_dmars: min over IOMMUs).
-    const bits = Math.min(20, ...this.config.iommus.map((i) => i.pasid_bits));
+    const bits = Math.min(20, ...this.hw.iommus.map((u) => u.caps.pasidBits));
     this.pasid = new IommuPasidApi(this.ioasid, { min: 1, max: 2 ** bits - 1 });
     this.globalPasid = new GlobalPasidAllocator(this.faults, this.tracerFn);
-    this.devices = this.config.devices.map((d) => {
-      const iommuBits = this.config.iommus[d.iommu]?.pasid_bits ?? 0;
-      const bitsOf = Math.min(d.pasid_bits, iommuBits);
-      const dev: MachineDevice = { bdf: d.bdf, config: d, maxPasids: d.pasid_bits === 0 ? 0 : 2 ** bitsOf };
-      this.byBdf.set(d.bdf, dev);
-      return dev;
-    });
   }
 
   get tracer(): Tracer | null {
@@ -75,16 +65,11 @@ export class Machine {
     this.tracerFn = t;
     this.ioasid.tracer = t;
     this.globalPasid.tracer = t;
+    this.hw.setTracer(t);
   }
 
   device(bdf: string): MachineDevice | undefined {
-    let key: string;
-    try {
-      key = normaliseBdf(bdf);
-    } catch {
-      return undefined;
-    }
-    return this.byBdf.get(key);
+    return this.hw.device(bdf);
   }
 
   /** Every layer's invariants; throws InvariantError naming the first that fails. */
@@ -92,5 +77,6 @@ export class Machine {
     this.ioasid.checkInvariants();
     const g = this.globalPasid.checkInvariants();
     if (g !== undefined) throw new InvariantError(`global PASID: ${g}`);
+    this.hw.checkInvariants();
   }
 }

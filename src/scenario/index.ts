@@ -2,6 +2,7 @@
 // running files. Importing this module is what makes all operations available.
 
 import './ops-ioasid.ts';
+import './ops-hw.ts';
 
 export { type ParsedStep, parseScenario, type Scenario, ScenarioSyntaxError } from './parse.ts';
 export { Handle, type OpResult } from './registry.ts';
