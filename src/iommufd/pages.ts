@@ -141,7 +141,7 @@ export function pagesHold(
       const va = base + i * PAGE_SIZE;
       // Fast path: a run of already-present pages of one shared mapping.
       const vma = mm.findVma(va);
-      if (vma !== null && vma.shared && (!write || vma.prot & 2) && vma.file !== null && !vma.file.hugetlb) {
+      if (vma?.shared && (!write || vma.prot & 2) && vma.file !== null && !vma.file.hugetlb) {
         const fp = vma.file.pages;
         const off = vma.pgoff - vma.start / PAGE_SIZE + base / PAGE_SIZE;
         const end = Math.min(last + 1, first + (vma.end - base) / PAGE_SIZE);

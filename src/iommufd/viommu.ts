@@ -202,7 +202,7 @@ export function hwQueueAllocIoctl(u: Ucmd): number | KernelError {
   let prevPfn = -1;
   for (;;) {
     const area = iopt.areaAt(cur);
-    if (!area || !area.committed) {
+    if (!area?.committed) {
       u.ctx.abortAndDestroy(q);
       return kerr('ENOENT', `IOVA 0x${cur.toString(16)} is not mapped in the parent IOAS`);
     }
