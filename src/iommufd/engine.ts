@@ -14,6 +14,7 @@ import { FaultInjector } from '../core/fault.ts';
 import { debugEnabled, invariant } from '../core/invariants.ts';
 import { IOMMU_NO_PASID, type IommuDevice, type IommuDomain, iommuIovaToPhys } from '../iommu/core.ts';
 import { MockIommuDriver, mockPaging } from '../iommu/mock.ts';
+import { checkUsersGraph } from './check.ts';
 import {
   deviceAttach,
   deviceBind,
@@ -190,6 +191,7 @@ export class IommufdHost implements ProcessHost {
         continue;
       }
       ctx.checkInvariants();
+      checkUsersGraph(ctx);
       for (const o of ctx.objects.values()) {
         if (o instanceof Ioas) {
           o.iopt.checkInvariants();

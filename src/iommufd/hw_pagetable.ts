@@ -471,6 +471,8 @@ export class FaultObject extends IommufdObject {
   readonly deliver: PendingFault[] = [];
   readonly response = new Map<number, PendingFault>();
   private nextCookie = 1;
+  /** Open fault fds (each holds a users reference). */
+  fileRefs = 0;
   constructor(ctx: IommufdCtx) {
     super(ctx);
   }
@@ -565,6 +567,7 @@ export class FaultFile extends KFile {
   }
   release(): void {
     this.fault.users--;
+    this.fault.fileRefs--;
     this.ictxFile.put();
   }
 }
@@ -587,6 +590,7 @@ export function faultQueueAllocIoctl(u: Ucmd, ictxFile: IommufdFile): number | K
     return err;
   }
   f.users++;
+  f.fileRefs++;
   ictxFile.get();
   u.ctx.finalize(f);
   return 0;

@@ -94,6 +94,8 @@ export class IommufdCtx {
   file: IommufdFile | null = null;
   /** Driver mmap regions (ictx->mt_mmap): offset → region. */
   readonly mmapRegions = new Map<number, { length: number; pfns: Int32Array; owner: IommufdObject }>();
+  /** Live mmaps of each region owner (each holds a users reference). */
+  readonly mmapRefs = new Map<IommufdObject, number>();
   /** Test-op state: the pin batch size (IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT). */
   tempMemoryLimit = 65536;
   /** VFIO compat: type1 (v1) mode turns large pages off on the compat IOAS. */
@@ -228,8 +230,10 @@ export class IommufdCtx {
     }
     // Each live mapping holds a reference on the region's owner.
     region.owner.users++;
+    this.mmapRefs.set(region.owner, (this.mmapRefs.get(region.owner) ?? 0) + 1);
     m.onRelease = () => {
       region.owner.users--;
+      this.mmapRefs.set(region.owner, (this.mmapRefs.get(region.owner) ?? 1) - 1);
     };
     return m;
   }

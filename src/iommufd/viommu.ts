@@ -32,6 +32,8 @@ export class Veventq extends IommufdObject {
   readonly deliver: Vevent[] = [];
   numEvents = 0;
   sequence = 0;
+  /** Open vEVENTQ fds (each holds a users reference). */
+  fileRefs = 0;
   constructor(ctx: IommufdCtx, viommu: Viommu, eventType: number, depth: number) {
     super(ctx);
     this.viommu = viommu;
@@ -107,6 +109,7 @@ export class VeventqFile extends KFile {
   }
   release(): void {
     this.q.users--;
+    this.q.fileRefs--;
     this.ictxFile.put();
   }
 }
@@ -134,6 +137,7 @@ export function veventqAllocIoctl(u: Ucmd, ictxFile: IommufdFile): number | Kern
   const file = new VeventqFile(q, ictxFile);
   const fd = u.p.installFd(file);
   q.users++;
+  q.fileRefs++;
   ictxFile.get();
   const err = respond(u, { out_veventq_id: q.id, out_veventq_fd: fd });
   if (err) {
