@@ -7,6 +7,7 @@ import { debugEnabled, InvariantError } from './core/invariants.ts';
 import type { Tracer } from './core/trace.ts';
 import type { PciDevice } from './hw/pci.ts';
 import { createPlatform, type Platform } from './hw/platform.ts';
+import { IommufdHost } from './iommufd/engine.ts';
 import { GlobalPasidAllocator, type PasidCapable } from './ioasid/global-pasid.ts';
 import { IoasidCore, type IoasidProfile } from './ioasid/ioasid.ts';
 import { IommuPasidApi } from './ioasid/pasid.ts';
@@ -57,6 +58,17 @@ export class Machine {
     this.globalPasid = new GlobalPasidAllocator(this.faults, this.tracerFn);
   }
 
+  private iommufdHost: IommufdHost | undefined;
+
+  /**
+   * The kernel side of /dev/iommu and the VFIO device files on this host (made on first use:
+   * most machines never open them). Processes (src/iommufd/process.ts) run on it.
+   */
+  get iommufd(): IommufdHost {
+    this.iommufdHost ??= new IommufdHost({ faults: this.faults });
+    return this.iommufdHost;
+  }
+
   get tracer(): Tracer | null {
     return this.tracerFn;
   }
@@ -78,5 +90,6 @@ export class Machine {
     const g = this.globalPasid.checkInvariants();
     if (g !== undefined) throw new InvariantError(`global PASID: ${g}`);
     this.hw.checkInvariants();
+    this.iommufdHost?.checkInvariants();
   }
 }
