@@ -1,6 +1,7 @@
 // The benchmark table behind `pasidkit bench`: every workload of ../shared/bench/WORKLOADS.md
 // that pasidkit implements, in the order the file lists them, plus peer implementations.
 
+import { benchTranslateIotlbHit, benchTranslateNestedWalk } from '../hw/vtd/bench.ts';
 import {
   benchAllocChurn,
   benchAllocChurnNumberAllocator,
@@ -8,6 +9,7 @@ import {
   benchFind,
   benchPasidMemory,
 } from '../ioasid/bench.ts';
+import { benchIoasMapUnmap } from '../iommufd/bench.ts';
 import type { BenchResult } from './harness.ts';
 
 export interface Workload {
@@ -21,5 +23,8 @@ export const WORKLOADS: Workload[] = [
   { name: 'alloc-fill', run: benchAllocFill },
   { name: 'alloc-churn', run: benchAllocChurn, peers: [benchAllocChurnNumberAllocator] },
   { name: 'find', run: benchFind },
+  { name: 'translate-iotlb-hit', run: () => benchTranslateIotlbHit() as BenchResult },
+  { name: 'translate-nested-walk', run: () => benchTranslateNestedWalk() as BenchResult },
+  { name: 'ioas-map-unmap', run: () => benchIoasMapUnmap() as BenchResult },
   { name: 'pasid-memory', run: benchPasidMemory },
 ];
