@@ -668,6 +668,12 @@ export class VtdIommu {
         if (ofn < 0) ofn = this.flWalk(pe, hi, lo, access, effPriv, pe.pgtt === PGTT_NESTED);
     }
     if (ofn < 0) return this.raise(sid, pasid, hi, lo, access, priv, at);
+    // what a cached translation may grant: execute only with ERE, supervisor requests only with SRE
+    if (pe.ere === 0) {
+      this.outPermU &= ~ACCESS_X;
+      this.outPermS &= ~ACCESS_X;
+    }
+    if (pe.sre === 0) this.outPermS = 0;
     // SGN.8: the translated page must not overlap the interrupt address range
     const pages = this.outLevel === 1 ? 1 : this.outLevel === 2 ? 512 : 262144;
     const baseFn = ofn - (ofn & (pages - 1));
