@@ -9,18 +9,13 @@
 // the HWPT is the selftest mock's paging domain (2 KiB IO pages, aperture from 16 MiB, so the
 // fixed IOVA is MOCK_APERTURE_START rather than 0); the result says which domain was measured.
 
+import type { BenchResult } from '../bench/harness.ts';
 import { IommufdHost, ioctl } from './engine.ts';
 import { MAP_ANONYMOUS, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE } from './process.ts';
 import { build, decodeAny, IOCTLS } from './uapi/index.ts';
 
-export interface BenchResult {
-  readonly workload: string;
-  readonly ops: number;
-  readonly seconds: number;
-  readonly opsPerSec: number;
-  /** Which paging domain the HWPT was (see the module comment). */
-  readonly domain: string;
-}
+/** The bench harness's result; `domain` says which paging domain the HWPT was. */
+export type { BenchResult };
 
 export function benchIoasMapUnmap(opts: { bytes?: number; rounds?: number } = {}): BenchResult {
   const bytes = opts.bytes ?? 1 << 30;
@@ -52,5 +47,11 @@ export function benchIoasMapUnmap(opts: { bytes?: number; rounds?: number } = {}
   const seconds = (performance.now() - t0) / 1000;
   p.exit();
   const ops = rounds * (bytes / PAGE_SIZE) * 2;
-  return { workload: 'ioas-map-unmap', ops, seconds, opsPerSec: Math.round(ops / seconds), domain: 'mock' };
+  return {
+    workload: 'ioas-map-unmap',
+    ops,
+    seconds: Number(seconds.toFixed(6)),
+    opsPerSec: Math.round(ops / seconds),
+    domain: 'mock',
+  };
 }

@@ -209,6 +209,7 @@ function checkDomainsMirror(ioas: Ioas): void {
   for (const a of ioas.iopt.areas()) {
     if (!a.committed) continue;
     const s = sourceOf(a.pages);
+    if (s.dmabuf?.revoked) continue;
     // Sample the first and last IO page: cheap enough to run after every ioctl.
     for (const off of [0, Number(a.length) - 1]) {
       const byte = Number(a.startByte) + off;

@@ -21,6 +21,8 @@ import { ACCOUNT_MM, ACCOUNT_NONE, type IommufdCtx, IommufdObject, OBJ } from '.
 import {
   areaPageRange,
   chargePins,
+  type DmabufLike,
+  type IommufdIoptHooks,
   makeIoptHooks,
   PagesSource,
   type PinAccount,
@@ -39,15 +41,25 @@ const MAP_READABLE = 1 << 2;
 const MAP_FLAGS = MAP_FIXED_IOVA | MAP_WRITEABLE | MAP_READABLE;
 const U64_MAX = 0xffff_ffff_ffff_ffffn;
 
+/** The io_pagetable of an IOAS; dropping the last reference to pages releases their source. */
+class IommufdIopt extends IoPagetable {
+  override putPages(pages: IoptPages): boolean {
+    const last = super.putPages(pages);
+    if (last) releasePagesSource(pages);
+    return last;
+  }
+}
+
 export class Ioas extends IommufdObject {
   readonly type = OBJ.IOAS;
   readonly iopt: IoPagetable;
+  readonly hooks: IommufdIoptHooks;
   /** HWPT_PAGINGs on this IOAS in creation order (ioas->hwpt_list). */
   readonly hwptList: import('./hw_pagetable.ts').HwptPaging[] = [];
   readonly accesses = new Set<IommufdAccess>();
   constructor(ctx: IommufdCtx) {
     super(ctx);
-    const iopt = new IoPagetable({ pageSize: PAGE_SIZE, faults: ctx.faults });
+    const iopt = new IommufdIopt({ pageSize: PAGE_SIZE, faults: ctx.faults });
     const hooks = makeIoptHooks(
       ctx.faults,
       () => iopt.domains.length,
@@ -57,6 +69,7 @@ export class Ioas extends IommufdObject {
       for (const a of [...this.accesses]) a.ops.unmap(a, iova, length);
     };
     iopt.hooks = hooks;
+    this.hooks = hooks;
     this.iopt = iopt;
   }
   destroy(): void {
@@ -196,8 +209,9 @@ export function ioasMapFile(u: Ucmd): number | KernelError {
   if (!(ioas instanceof Ioas)) return ioas;
   const f = u.p.file(c['fd'] as number);
   if (!(f instanceof KFile)) return kerr('EBADF', `fd ${c['fd']} is not open`);
-  if (!(f instanceof MemFile)) return kerr('EINVAL', `a ${f.kind} file cannot be mapped`);
   const start = c['start'] as bigint;
+  if (isDmabuf(f)) return mapDmabuf(u, ioas, f, start, length, iova, flags);
+  if (!(f instanceof MemFile)) return kerr('EINVAL', `a ${f.kind} file cannot be mapped`);
   const slice = ioas.iopt.allocFilePages(f, start, length, (flags & MAP_WRITEABLE) !== 0);
   if (!('pages' in slice)) return slice;
   // The pages' source is the file; pins are charged to the caller's mm.
@@ -223,6 +237,78 @@ export function ioasMapFile(u: Ucmd): number | KernelError {
 
 /** The file reference each MAP_FILE pages object holds (get_file), dropped with the pages. */
 const fileRefs = new WeakMap<IoptPages, MemFile>();
+
+/** A dma-buf file (the selftest's exporter): its pages, revocation, and the IOASes importing it. */
+export interface DmabufFileLike extends DmabufLike {
+  readonly kind: 'dmabuf';
+  readonly size: number;
+  readonly importers: Set<Ioas>;
+}
+
+function isDmabuf(f: KFile): f is KFile & DmabufFileLike {
+  return f.kind === 'dmabuf';
+}
+
+/** iopt_map_dmabuf: the exporter's pages, no pinning of user memory. */
+function mapDmabuf(
+  u: Ucmd,
+  ioas: Ioas,
+  d: DmabufFileLike,
+  start: bigint,
+  length: bigint,
+  iova: bigint,
+  flags: number,
+): number | KernelError {
+  const size = BigInt(d.size);
+  if (length === 0n || start >= size || start + length > size)
+    return kerr('EINVAL', 'range outside the dma-buf');
+  if (d.revoked) return kerr('ENODEV', 'the dma-buf is revoked');
+  const slice = ioas.iopt.allocFilePages(d, start, length, (flags & MAP_WRITEABLE) !== 0);
+  if (!('pages' in slice)) return slice;
+  const src = new PagesSource('dmabuf', u.p.host.phys, u.p.mm, null, pinAccountFor(u.ctx, u.p));
+  src.dmabuf = d;
+  (slice.pages as { source: unknown }).source = src;
+  d.get();
+  d.importers.add(ioas);
+  const r = ioas.iopt.mapPages(
+    [slice],
+    length,
+    iova,
+    convProt(flags),
+    flags & MAP_FIXED_IOVA ? 0 : IOPT_ALLOC_IOVA,
+  );
+  if (!('areas' in r)) return r;
+  return respond(u, { iova: r.iova }) ?? 0;
+}
+
+/** dma_buf_move_notify for the test exporter: revoke or restore every importing area. */
+export function dmabufSetRevoked(d: DmabufFileLike, revoke: boolean): KernelError | undefined {
+  if (d.revoked === revoke) return undefined;
+  d.revoked = revoke;
+  for (const ioas of d.importers) {
+    if (ioas.users === 0) continue;
+    for (const a of ioas.iopt.areas()) {
+      const s = a.pages.source;
+      if (!(s instanceof PagesSource) || s.dmabuf !== d || !a.committed) continue;
+      if (revoke) ioas.hooks.revoke(a, ioas.iopt.domains);
+      else {
+        const err = ioas.hooks.restore(a, ioas.iopt.domains);
+        if (err) return err;
+      }
+    }
+  }
+  return undefined;
+}
+
+/** The source of pages whose last reference went: drop the file or dma-buf reference. */
+function releasePagesSource(pages: IoptPages): void {
+  releaseFilePages(pages);
+  const s = pages.source;
+  if (s instanceof PagesSource && s.dmabuf) {
+    s.dmabuf.put();
+    s.dmabuf = null;
+  }
+}
 
 export function ioasCopy(u: Ucmd): number | KernelError {
   const c = u.cmd;

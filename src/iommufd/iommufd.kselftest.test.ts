@@ -795,6 +795,31 @@ TEST_F(iommufd_ioas, 'copy_sweep', (t, s, v) => {
   t.destroy(dst);
 });
 
+TEST_F(iommufd_ioas, 'dmabuf_simple', (t, s) => {
+  const size = PAGE_SIZE * 4;
+  const dfd = t.getDmabuf(size);
+  t.err('EINVAL', t._ioasMapFile(s.ioas, dfd, 0, 0, 0, MAP_RW));
+  t.err('EINVAL', t._ioasMapFile(s.ioas, dfd, size, size, 0, MAP_RW));
+  t.err('EINVAL', t._ioasMapFile(s.ioas, dfd, 0, size + 1, 0, MAP_RW));
+  t.ioasMapFile(s.ioas, dfd, 0, size);
+  t.p.close(dfd);
+});
+
+TEST_F(iommufd_ioas, 'dmabuf_revoke', (t, s, v) => {
+  const size = PAGE_SIZE * 4;
+  const dfd = t.getDmabuf(size);
+  const iova = t.ioasMapFile(s.ioas, dfd, 0, size);
+  t.revokeDmabuf(dfd, true);
+  if (v.mock_domains) t.hwptAlloc(s.device, s.ioas, 0);
+  t.err('ENODEV', t._ioasMapFile(s.ioas, dfd, 0, size, 0, MAP_RW));
+  t.revokeDmabuf(dfd, false);
+  t.ioasMapFile(s.ioas, dfd, 0, size);
+  // Restore the iova back
+  t.ioasUnmap(s.ioas, iova, size);
+  t.ok(t._ioasMapFile(s.ioas, dfd, 0, size, iova, MAP_RW | MAP_FIXED_IOVA));
+  t.p.close(dfd);
+});
+
 // ================================================================================================
 // FIXTURE(iommufd_mock_domain)
 // ================================================================================================

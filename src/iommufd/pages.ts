@@ -38,9 +38,19 @@ export interface PinAccount {
   rlimitPages: number;
 }
 
+/** What pages.ts needs of an exporter's dma-buf: its physical pages and revocation. */
+export interface DmabufLike {
+  readonly pfns: Int32Array;
+  revoked: boolean;
+  get(): void;
+  put(): void;
+}
+
 /** The source and pin state of an IoptPages (its `source`). */
 export class PagesSource {
-  readonly kind: 'user' | 'file';
+  readonly kind: 'user' | 'file' | 'dmabuf';
+  /** A dma-buf's pages come from its exporter: no pinning of user memory, no charge. */
+  dmabuf: DmabufLike | null = null;
   /** User pages: the mm the VA belongs to (source_mm). */
   readonly mm: UserMm | null;
   readonly file: MemFile | null;
@@ -52,7 +62,7 @@ export class PagesSource {
   /** Pages currently pinned (and charged). */
   npinned = 0;
   constructor(
-    kind: 'user' | 'file',
+    kind: 'user' | 'file' | 'dmabuf',
     phys: PhysMem,
     mm: UserMm | null,
     file: MemFile | null,
@@ -165,6 +175,12 @@ export function pagesHold(
         err = kerr('EFAULT', `no user page at 0x${va.toString(16)}`);
         break;
       }
+    } else if (s.kind === 'dmabuf') {
+      pfn = s.dmabuf!.pfns[base / PAGE_SIZE + i] ?? 0;
+      if (pfn === 0) {
+        err = kerr('EINVAL', 'range is beyond the end of the dma-buf');
+        break;
+      }
     } else {
       pfn = s.file!.page(base / PAGE_SIZE + i);
       if (pfn === 0) {
@@ -180,7 +196,7 @@ export function pagesHold(
   if (err === undefined && newly > 0) {
     if (faults.armed && faults.shouldFail('pfn_reader_user_update_pinned'))
       err = kerr('ENOMEM', 'pfn_reader_user_update_pinned: injected failure');
-    else err = chargePins(s.acct, newly);
+    else if (s.kind !== 'dmabuf') err = chargePins(s.acct, newly);
   }
   if (err !== undefined) {
     // Undo exactly what this call did: pages [first, i) were taken (i = last + 1 when the
@@ -214,7 +230,7 @@ export function pagesUnhold(pages: IoptPages, first: number, last: number): void
     }
   }
   if (freed > 0) {
-    unchargePins(s.acct, freed);
+    if (s.kind !== 'dmabuf') unchargePins(s.acct, freed);
     s.npinned -= freed;
   }
 }
@@ -306,12 +322,27 @@ function unmapAreaFromDomain(area: IoptArea, domain: IommuDomain): void {
   invariant(n === Number(area.length), 'iopt: unmap of an area from a domain was short');
 }
 
+/** IoptHooks plus the dma-buf revocation path (an exporter's move_notify). */
+export interface IommufdIoptHooks extends IoptHooks {
+  /** Unmap a revoked dma-buf area from every domain and drop its pages. */
+  revoke(area: IoptArea, domains: readonly IoptDomain[]): void;
+  /** Map an area again once its dma-buf is no longer revoked. */
+  restore(area: IoptArea, domains: readonly IoptDomain[]): KernelError | undefined;
+  /** Whether the area is mirrored in the domains (held). */
+  isHeld(area: IoptArea): boolean;
+}
+
+function revoked(a: IoptArea): boolean {
+  const s = a.pages.source;
+  return s instanceof PagesSource && s.dmabuf !== null && s.dmabuf.revoked;
+}
+
 /** The IoptHooks of one IOAS: pins follow "the IOAS has at least one domain". */
 export function makeIoptHooks(
   faults: FaultInjector,
   domainCount: () => number,
   smallPages: () => boolean,
-): IoptHooks {
+): IommufdIoptHooks {
   const held = new WeakSet<IoptArea>();
   const hold = (a: IoptArea): KernelError | undefined => {
     if (held.has(a)) return undefined;
@@ -326,48 +357,61 @@ export function makeIoptHooks(
     const { first, last } = areaPageRange(a);
     pagesUnhold(a.pages, first, last);
   };
-  return {
-    fillArea(area, domains) {
-      const err = hold(area);
-      if (err) return err;
-      for (let i = 0; i < domains.length; i++) {
-        const e = mapAreaInDomain(area, domains[i] as IommuDomain, smallPages());
-        if (e) {
-          for (let j = 0; j < i; j++) unmapAreaFromDomain(area, domains[j] as IommuDomain);
-          unhold(area);
-          return e;
-        }
+  const fillArea = (area: IoptArea, domains: readonly IoptDomain[]): KernelError | undefined => {
+    // A revoked dma-buf maps nothing until it is restored.
+    if (revoked(area)) return undefined;
+    const err = hold(area);
+    if (err) return err;
+    for (let i = 0; i < domains.length; i++) {
+      const e = mapAreaInDomain(area, domains[i] as IommuDomain, smallPages());
+      if (e) {
+        for (let j = 0; j < i; j++) unmapAreaFromDomain(area, domains[j] as IommuDomain);
+        unhold(area);
+        return e;
       }
-      return undefined;
-    },
-    unfillArea(area, domains) {
-      for (const d of domains) unmapAreaFromDomain(area, d as IommuDomain);
-      unhold(area);
-    },
+    }
+    return undefined;
+  };
+  const unfillArea = (area: IoptArea, domains: readonly IoptDomain[]): void => {
+    if (!held.has(area)) return;
+    for (const d of domains) unmapAreaFromDomain(area, d as IommuDomain);
+    unhold(area);
+  };
+  return {
+    fillArea,
+    unfillArea,
     fillDomain(domain, areas) {
       const first = domainCount() === 0;
-      for (let i = 0; i < areas.length; i++) {
-        const a = areas[i]!;
+      const done: IoptArea[] = [];
+      for (const a of areas) {
+        if (revoked(a)) continue;
         const err = first ? hold(a) : undefined;
         const e = err ?? mapAreaInDomain(a, domain as IommuDomain, smallPages());
         if (e) {
           if (first && !err) unhold(a);
-          for (let j = 0; j < i; j++) {
-            unmapAreaFromDomain(areas[j]!, domain as IommuDomain);
-            if (first) unhold(areas[j]!);
+          for (const x of done) {
+            unmapAreaFromDomain(x, domain as IommuDomain);
+            if (first) unhold(x);
           }
           return e;
         }
+        done.push(a);
       }
       return undefined;
     },
     unfillDomain(domain: IoptDomain, areas) {
       const last = domainCount() === 0;
       for (const a of areas) {
+        if (!held.has(a)) continue;
         unmapAreaFromDomain(a, domain as IommuDomain);
         if (last) unhold(a);
       }
     },
+    revoke: unfillArea,
+    restore(area, domains) {
+      return domains.length > 0 ? fillArea(area, domains) : undefined;
+    },
+    isHeld: (a) => held.has(a),
   };
 }
 

@@ -41,6 +41,8 @@ import {
   accessReplaceIoas,
   accessRw,
   accessUnpin,
+  type DmabufFileLike,
+  dmabufSetRevoked,
   getIoas,
   Ioas,
   IommufdAccess,
@@ -72,6 +74,8 @@ export const TEST_OP = {
   PASID_REPLACE: 19,
   PASID_DETACH: 20,
   PASID_CHECK_HWPT: 21,
+  DMABUF_GET: 22,
+  DMABUF_REVOKE: 23,
 } as const;
 
 const MOCK_FLAGS_ACCESS_WRITE = 1 << 0;
@@ -135,6 +139,34 @@ export class AccessFile extends KFile {
       this.access = null;
     }
     this.ictxFile.put();
+  }
+}
+
+/** The selftest dma-buf exporter (iommufd_test_dmabuf_get): zeroed contiguous memory. */
+export class DmabufFile extends KFile implements DmabufFileLike {
+  readonly kind = 'dmabuf' as const;
+  readonly size: number;
+  readonly pfns: Int32Array;
+  revoked = false;
+  readonly importers = new Set<Ioas>();
+  private refs = 1;
+  private readonly phys: Process['host']['phys'];
+  constructor(phys: Process['host']['phys'], size: number) {
+    super();
+    this.phys = phys;
+    this.size = size;
+    const n = Math.ceil(size / PAGE_SIZE);
+    const base = phys.allocContig(n, 1);
+    this.pfns = new Int32Array(n).map((_, i) => base + i);
+  }
+  get(): void {
+    this.refs++;
+  }
+  put(): void {
+    if (--this.refs === 0) for (const pfn of this.pfns) this.phys.put(pfn);
+  }
+  release(): void {
+    this.put();
   }
 }
 
@@ -482,6 +514,21 @@ export function testCmdIoctl(u: Ucmd, drv: MockIommuDriver, ictxFile: IommufdFil
       const h = ctx.get(hid, 'ANY');
       if (!(h instanceof HwPagetable)) return h instanceof IommufdObject ? kerr('ENOENT', 'not a HWPT') : h;
       return cur && cur.domain === h.domain ? 0 : kerr('EINVAL', 'another domain is attached at that PASID');
+    }
+    case TEST_OP.DMABUF_GET: {
+      const a = m('dmabuf_get');
+      const len = a['length'] as number;
+      if (len === 0 || len > PAGE_SIZE * 512) return kerr('EINVAL', `dma-buf length ${len}`);
+      if (ctx.fail('iommufd_test_dmabuf_get')) return kerr('ENOMEM', 'dma-buf allocation failed');
+      // The fd is the ioctl's return value (dma_buf_fd).
+      return p.installFd(new DmabufFile(p.host.phys, Math.ceil(len / PAGE_SIZE) * PAGE_SIZE));
+    }
+    case TEST_OP.DMABUF_REVOKE: {
+      const a = m('dmabuf_revoke');
+      const f = p.file(a['dmabuf_fd'] as number);
+      if (!(f instanceof KFile)) return f;
+      if (!(f instanceof DmabufFile)) return kerr('EINVAL', 'not a selftest dma-buf');
+      return dmabufSetRevoked(f, (a['revoked'] as number) !== 0) ?? 0;
     }
     default:
       return kerr('EOPNOTSUPP', `IOMMU_TEST_CMD op ${op}`);

@@ -323,6 +323,18 @@ export class Kt {
   vdeviceAlloc(viommuId: number, devId: number, virtId: number): Res {
     return this.ioctl('IOMMU_VDEVICE_ALLOC', { viommu_id: viommuId, dev_id: devId, virt_id: BigInt(virtId) });
   }
+  /** test_cmd_get_dmabuf: the dma-buf fd is the ioctl's return value. */
+  getDmabuf(length: number): number {
+    const r = this.testCmd(22, 0, 'dmabuf_get', { length, open_flags: 0 });
+    assert.ok(r.ret > 0, `dmabuf_get failed: ${r.errno}`);
+    return r.ret;
+  }
+  revokeDmabuf(fd: number, revoked: boolean): void {
+    this.ok(
+      this.testCmd(23, 0, 'dmabuf_revoke', { dmabuf_fd: fd, revoked: revoked ? 1 : 0 }),
+      'dmabuf_revoke',
+    );
+  }
   _veventqAlloc(viommuId: number, type: number, depth = 2): Res {
     return this.ioctl('IOMMU_VEVENTQ_ALLOC', { viommu_id: viommuId, type, veventq_depth: depth });
   }
