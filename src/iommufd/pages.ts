@@ -125,6 +125,13 @@ export function pagesHold(
   last: number,
   faults: FaultInjector,
 ): KernelError | undefined {
+  const pre = pages.source as PagesSource;
+  if (pre.pfns.length !== Number(pages.npages)) {
+    // Before making the per-page tables, refuse what cannot exist (as the pin would).
+    const err = checkBacked(pre, Number(pages.base), first, last);
+    if (err) return err;
+    if (pages.npages > MAX_TRACKED_PAGES) return kerr('ENOMEM', 'mapping too large for the model to track');
+  }
   const s = sourceOf(pages);
   if (faults.armed && faults.shouldFail('temp_kmalloc'))
     return kerr('ENOMEM', 'pfn_reader: batch allocation failed');
@@ -210,6 +217,32 @@ export function pagesHold(
     return err;
   }
   s.npinned += newly;
+  return undefined;
+}
+
+/** The per-page tables of one pages object are bounded: 2^26 pages is 256 GiB. */
+const MAX_TRACKED_PAGES = 1n << 26n;
+
+/** Whether pages [first, last] of a source can be pinned at all (EFAULT / EINVAL / ENODEV). */
+function checkBacked(s: PagesSource, base: number, first: number, last: number): KernelError | undefined {
+  if (s.kind === 'user') {
+    const mm = s.mm!;
+    if (!mm.alive) return kerr('EFAULT', 'the mm of these pages is gone');
+    let va = base + first * PAGE_SIZE;
+    const end = base + (last + 1) * PAGE_SIZE;
+    while (va < end) {
+      const v = mm.findVma(va);
+      if (v === null || !Number.isSafeInteger(va))
+        return kerr('EFAULT', `no user mapping at 0x${va.toString(16)}`);
+      va = v.end;
+    }
+    return undefined;
+  }
+  const idx = Math.floor(base / PAGE_SIZE) + last;
+  if (s.kind === 'file' && idx >= s.file!.pages.length)
+    return kerr('EINVAL', 'file range is beyond the end of the file');
+  if (s.kind === 'dmabuf' && idx >= s.dmabuf!.pfns.length)
+    return kerr('EINVAL', 'range is beyond the end of the dma-buf');
   return undefined;
 }
 

@@ -336,6 +336,8 @@ export class UserMm {
     offset: number,
   ): number | KernelError {
     if (length <= 0 || !Number.isSafeInteger(length)) return kerr('EINVAL', 'mmap: bad length');
+    // The model keeps a table entry per page: an emulated process gets at most 64 GiB a mapping.
+    if (length > 2 ** 36) return kerr('ENOMEM', 'mmap: larger than the emulated host allows');
     if (offset % PAGE_SIZE !== 0) return kerr('EINVAL', 'mmap: offset not page aligned');
     const shared = (flags & MAP_SHARED) !== 0;
     if (shared === ((flags & MAP_PRIVATE) !== 0)) return kerr('EINVAL', 'mmap: need one of SHARED/PRIVATE');
