@@ -350,9 +350,14 @@ export class MockIommuDriver implements IommuDriver {
   }
 
   /** mock_dev_create: a new device on the mock bus, in a group of its own. */
+  private fail(site: string): boolean {
+    return this.faults.armed && this.faults.shouldFail(site);
+  }
+
   createDevice(flags: number): IommuDevice | KernelError {
     if (flags & ~MOCK_DEV_FLAGS)
       return kerr('EINVAL', `mock_dev_create: unknown flags 0x${flags.toString(16)}`);
+    if (this.fail('mock_dev_create')) return kerr('ENOMEM', 'mock_dev_create: allocation failed');
     const id = this.devSeq++;
     const priv: MockDev = {
       flags,
@@ -397,6 +402,7 @@ export class MockIommuDriver implements IommuDriver {
       userData
     )
       return kerr('EOPNOTSUPP', 'mock paging domain: unsupported flags or user data');
+    if (this.fail('mock_domain_alloc_paging')) return kerr('ENOMEM', 'mock paging domain: allocation failed');
     const huge = (mockDev(dev).flags & MOCK_FLAGS_DEVICE_HUGE_IOVA) !== 0;
     const d = new IommuDomain(
       'paging',
@@ -425,6 +431,7 @@ export class MockIommuDriver implements IommuDriver {
     // struct iommu_hwpt_selftest { u32 iotlb; u32 pagetable_type; }, min offsetofend(iotlb)
     const b = copyStructFromUserData(userData, IOMMU_HWPT_DATA_SELFTEST, 8, 4);
     if (!(b instanceof Uint8Array)) return b;
+    if (this.fail('mock_domain_alloc_nested')) return kerr('ENOMEM', 'mock nested domain: allocation failed');
     const iotlb = new DataView(b.buffer).getUint32(0, true);
     const d = new IommuDomain('nested', this, this.nestedOps, {}, {
       parent,
@@ -459,6 +466,7 @@ export class MockIommuDriver implements IommuDriver {
   ): IommuViommuDriverState | KernelError {
     if (type !== IOMMU_VIOMMU_TYPE_SELFTEST)
       return kerr('EOPNOTSUPP', `mock vIOMMU: type 0x${type.toString(16)}`);
+    if (this.fail('mock_viommu_init')) return kerr('ENOMEM', 'mock vIOMMU: allocation failed');
     let out: Uint8Array | null = null;
     let inData = 0;
     if (userData) {
