@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { IommufdHost, ioctl, ioctlValue } from './engine.ts';
+import { IommufdHost, ioctl, ioctlStruct, ioctlValue } from './engine.ts';
 import { MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE } from './process.ts';
 import { Kt } from './test-utils.ts';
 import { build, decodeAny, IOCTLS } from './uapi/index.ts';
@@ -73,6 +73,17 @@ describe('ioctl engine', () => {
     assert.equal(out['out_ioas_id'], 1);
     assert.equal(ioctlValue(t.p, t.fd, d.cmd, 0n).error?.code, 'EFAULT');
     assert.equal(ioctlValue(t.p, t.fd, d.cmd, 0x1234_5000n).error?.code, 'EFAULT');
+  });
+
+  test('ioctlStruct: by name with fields, decoded write-back; integer-argument ioctls', () => {
+    const t = new Kt();
+    const r = ioctlStruct(t.p, t.fd, 'IOMMU_IOAS_ALLOC');
+    assert.equal(r.ret, 0);
+    assert.equal(r.out['out_ioas_id'], 1);
+    const r2 = ioctlStruct(t.p, t.fd, 'IOMMU_IOAS_IOVA_RANGES', { ioas_id: 1, num_iovas: 0 });
+    assert.equal(r2.error?.code, 'EMSGSIZE');
+    assert.equal(r2.out['num_iovas'], 1);
+    assert.equal(ioctlStruct(t.p, t.fd, 'VFIO_CHECK_EXTENSION', { arg: 3 }).ret, 1);
   });
 
   test('bytes past the struct are never read, and a failed ioctl leaves no object or ID', () => {

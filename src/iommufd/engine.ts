@@ -53,10 +53,14 @@ import { sourceOf } from './pages.ts';
 import { KFile, PhysMem, Process, type ProcessHost, UserAccount } from './process.ts';
 import { testCmdIoctl } from './selftest.ts';
 import {
+  build,
   copyToUser,
+  decodeAny,
   IOCTLS,
+  type IoctlName,
   ioctlByCmd,
   iommufdIoctlCheck,
+  type UapiObject,
   unknownIoctl,
   vfioAttachIommufdPtCheck,
   vfioBindIommufdCheck,
@@ -394,7 +398,33 @@ export function ioctlValue(p: Process, fd: number, request: number, raw: bigint)
   return res;
 }
 
-/** The pages a HWPT's domain maps (for tests and scenario inspection). */
+/**
+ * The typed form of `ioctl` for library callers and the scenario runner: an ioctl by name
+ * with its struct given as fields (the size field defaults to sizeof, as SCENARIO.md says),
+ * returning the struct as the kernel left it, decoded.
+ */
+export function ioctlStruct(
+  p: Process,
+  fd: number,
+  name: IoctlName,
+  fields: Readonly<Record<string, unknown>> = {},
+): IoctlResult & { readonly out: UapiObject } {
+  const def = IOCTLS[name];
+  if (def.struct === null) {
+    const raw = fields['arg'];
+    const r = ioctlValue(
+      p,
+      fd,
+      def.cmd,
+      typeof raw === 'bigint' ? raw : BigInt((raw as number | undefined) ?? 0),
+    );
+    return { ...r, out: {} };
+  }
+  const r = ioctl(p, fd, def.cmd, build(def.struct, fields));
+  return { ...r, out: decodeAny(def.struct, r.arg) };
+}
+
+/** The domain of a paging HWPT (for tests and scenario inspection). */
 export function hwptDomain(h: HwptPaging) {
   return h.domain;
 }
