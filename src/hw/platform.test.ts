@@ -170,3 +170,22 @@ test('tracing covers DMA, walk steps and faults; setTracer switches it for every
   ok(dev.dma({ pasid: 1, addr: 0x10000, access: 'read', length: 4 }));
   assert.equal(ev.length, n);
 });
+
+test('an ATS device sends page requests into the IOMMU page request queue', () => {
+  const p = createPlatform(machine());
+  const u = p.iommus[1]!;
+  const dev = p.device('01:00.1')!;
+  const tb = new VtdTables(p.memory, 0x100000, 0x1000000);
+  const dir = tb.allocPasidDir(7);
+  tb.setContext(0x101, { p: 1, dte: 1, pre: 1, paside: 1, pdts: 0, pasidDirPtr: dir });
+  tb.install(u);
+  const pq = tb.pages.alloc();
+  u.mmioWrite(0xd0, BigInt(pq), 8);
+  assert.equal(dev.pageRequest({ pasid: 3, addr: 0x4000_1234n, access: 'write', prgi: 7 }), 'queued');
+  assert.equal((p.memory.readU64(pq) >> 32n) & 0xfffffn, 3n);
+  assert.equal(p.memory.readU64(pq + 8) & ~0xfffn, 0x4000_1000n);
+  tb.setContext(0x101, { p: 1, dte: 1, paside: 1, pdts: 0, pasidDirPtr: dir });
+  u.invalidateContextCache(1, 0, 0, 0);
+  const f = dev.pageRequest({ pasid: 3, addr: 0x5000, access: 'read' });
+  assert.ok(typeof f === 'object' && !(f instanceof KernelError) && f.fault.reason === 0x47);
+});

@@ -47,7 +47,6 @@ export function createPlatform(config: MachineConfig, opts: PlatformOptions = {}
       new VtdIommu(memory, c, {
         name: `dmar${i}`,
         tracer: opts.tracer ?? null,
-        debug,
         ...(opts.vcmdBackends?.[i] !== undefined ? { vcmdBackend: opts.vcmdBackends[i] } : {}),
         onMsi: opts.onMsi ? (m) => opts.onMsi!(i, m) : null,
       }),

@@ -303,13 +303,25 @@ function buildWorld(seed: number, iotlb: number): World {
         vas.push(va, va + 0x456);
       }
     } else if (kind === 2) {
-      const { flRoot, slRoot } = rig.nested(pasid, { did }, { w: rnd(8) !== 0 });
+      // 4 KiB second-level pages (the fast nested walk) over 20 MiB, or 2 MiB pages over 128 MiB
+      const small = rnd(2) === 0;
+      const { flRoot, slRoot } = rig.nested(
+        pasid,
+        { did },
+        { w: rnd(8) !== 0, leafLevel: small ? 1 : 2 },
+        small ? 20 * 0x10_0000 : 128 * 0x10_0000,
+      );
       for (let i = 0; i < 6; i++) {
         const va = (rnd(4) * 0x4000_0000 + rnd(3) * 0x20_0000 + rnd(4) * 0x1000) >>> 0;
-        const leaf = rig.mapGuestFl(flRoot, va, (rnd(100) * 0x10_0000 + rnd(256) * 0x1000) >>> 0, {
-          rw: rnd(4) !== 0,
-          us: rnd(5) !== 0,
-        });
+        const leaf = rig.mapGuestFl(
+          flRoot,
+          va,
+          (rnd(small ? 22 : 100) * 0x10_0000 + rnd(256) * 0x1000) >>> 0,
+          {
+            rw: rnd(4) !== 0,
+            us: rnd(5) !== 0,
+          },
+        );
         entries.push(leaf + 0); // the HPA of the guest PTE (tables map GPA g to HPA g + guestBase)
         vas.push(va, va + 0x789);
       }

@@ -28,7 +28,7 @@ export class Iotlb {
   readonly shift: number;
   readonly mask: number;
   count = 0;
-  hits = 0;
+  /** Lookups that missed (hits are not counted: the hit path stays a pure load sequence). */
   misses = 0;
   fills = 0;
   overflows = 0;

@@ -76,15 +76,21 @@ export class Rig {
     return root;
   }
 
-  /** PASID entry with PGTT=nested: SL maps guest memory GPA [0, 128 MiB) -> HPA + guestBase. */
+  /**
+   * PASID entry with PGTT=nested: SL maps guest memory GPA [0, size) -> HPA + guestBase, with
+   * 2 MiB pages unless slOpts.leafLevel says otherwise.
+   */
   nested(
     pasid: number,
     pe: Partial<PasidEntry> = {},
     slOpts: SlMapOptions = {},
+    size = 128 * MiB,
   ): { flRoot: number; slRoot: number } {
     const slRoot = this.alloc();
-    for (let g = 0; g < 128 * MiB; g += 2 * MiB) {
-      mapSl(this.mem, slRoot, g, g + this.guestBase, { leafLevel: 2, ...slOpts }, this.alloc);
+    const leafLevel = slOpts.leafLevel ?? 2;
+    const step = leafLevel === 1 ? 4096 : 2 * MiB;
+    for (let g = 0; g < size; g += step) {
+      mapSl(this.mem, slRoot, g, g + this.guestBase, { ...slOpts, leafLevel }, this.alloc);
     }
     const flRoot = this.galloc();
     this.tb.setPasidEntry(this.dir, pasid, {

@@ -119,6 +119,12 @@ test('SCT.4 0x43: invalid context entry (capability-gated fields, PRE without DT
   const ok = new Rig({ pasid_bits: 16 }, { ctx: { pdts: 3 } });
   ok.pt(0);
   expectHpa(ok.t(-1, 0x1234), 0x1234);
+  // the smallest directory (PDTS=0, 8192 PASIDs) is what a narrower PASID space uses; the
+  // hardware width still bounds the PASIDs (SCT.7)
+  const tiny = new Rig({ pasid_bits: 8 }, { ctx: { pdts: 0 } });
+  tiny.pt(255);
+  expectHpa(tiny.t(255, 0x1234), 0x1234);
+  expectFault(tiny.t(256, 0x1234), 0x46);
 });
 
 test('SCT.5 0x44: translation request (and translated request) with DTE clear', () => {
