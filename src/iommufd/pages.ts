@@ -160,8 +160,9 @@ export function pagesHold(
       const vma = mm.findVma(va);
       if (vma?.shared && (!write || vma.prot & 2) && vma.file !== null && !vma.file.hugetlb) {
         const fp = vma.file.pages;
-        const off = vma.pgoff - vma.start / PAGE_SIZE + base / PAGE_SIZE;
-        const end = Math.min(last + 1, first + (vma.end - base) / PAGE_SIZE);
+        // Small integers only: VAs divided by PAGE_SIZE would leave the int32 fast path.
+        const off = (vma.pgoff + (base - vma.start) / PAGE_SIZE) | 0;
+        const end = Math.min(last + 1, ((vma.end - base) / PAGE_SIZE) | 0);
         let j = i;
         while (j < end && holders[j] === 0) {
           const q = fp[off + j]!;
@@ -249,19 +250,7 @@ function checkBacked(s: PagesSource, base: number, first: number, last: number):
 /** Release a hold on pages [first, last]: the last holder unpins and uncharges. */
 export function pagesUnhold(pages: IoptPages, first: number, last: number): void {
   const s = sourceOf(pages);
-  const holders = s.holders;
-  const pfns = s.pfns;
-  const phys = s.phys;
-  let freed = 0;
-  for (let i = first; i <= last; i++) {
-    const h = --holders[i]!;
-    invariant(h >= 0, 'iopt_pages: unhold of a page nobody holds');
-    if (h === 0) {
-      phys.unpinPage(pfns[i]!);
-      pfns[i] = 0;
-      freed++;
-    }
-  }
+  const freed = s.phys.releaseHolds(s.pfns, s.holders, first, last);
   if (freed > 0) {
     if (s.kind !== 'dmabuf') unchargePins(s.acct, freed);
     s.npinned -= freed;

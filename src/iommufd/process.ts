@@ -101,6 +101,33 @@ export class PhysMem {
     }
   }
 
+  /**
+   * The unpin hot path of a pin table: drop one hold on each of holders[first..last]; a page
+   * whose last hold goes is unpinned (and freed if nothing else references it). Returns how
+   * many pages were unpinned.
+   */
+  releaseHolds(pfns: Int32Array, holders: Int32Array, first: number, last: number): number {
+    const ref = this.ref;
+    const pin = this.pin;
+    let freed = 0;
+    for (let i = first; i <= last; i++) {
+      const h = --holders[i]!;
+      if (h > 0) continue;
+      invariant(h === 0, 'iopt_pages: unhold of a page nobody holds');
+      const pfn = pfns[i]!;
+      pfns[i] = 0;
+      invariant(pin[pfn]! > 0, 'PhysMem: unpin of a page that is not pinned');
+      pin[pfn]!--;
+      if (--ref[pfn]! === 0) {
+        this.data.delete(pfn);
+        this.freeList.push(pfn);
+        this.live--;
+      }
+      freed++;
+    }
+    return freed;
+  }
+
   /** pin_user_pages: a pin also holds a reference, so the page outlives munmap. */
   pinPage(pfn: number): void {
     this.ref[pfn]!++;
