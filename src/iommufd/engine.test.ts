@@ -94,6 +94,36 @@ describe('ioctl engine', () => {
     assert.equal(t.ioasAlloc(), 2);
   });
 
+  test('pins that start inside a mapping and cross into the next one get the right pages', () => {
+    const t = new Kt();
+    const ioas = t.ioasAlloc();
+    // Two adjacent shared mappings, mapped as one area.
+    const a = t.okNum(
+      t.p.mmap(4 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0, 0x7000_0000_0000),
+    );
+    t.okNum(
+      t.p.mmap(
+        4 * PAGE_SIZE,
+        PROT_READ | PROT_WRITE,
+        MAP_SHARED | MAP_ANONYMOUS | 0x10,
+        -1,
+        0,
+        a + 4 * PAGE_SIZE,
+      ),
+    );
+    for (let i = 0; i < 8; i++) t.p.poke(a + i * PAGE_SIZE, new Uint8Array([i]));
+    const iova = t.ioasMap(ioas, a, 8 * PAGE_SIZE);
+    const acc = t.createAccess(ioas, 1);
+    // ACCESS_PAGES compares the pinned pages with the user's pages (EBADE otherwise).
+    t.ok(t.accessPages(acc, iova + BigInt(2 * PAGE_SIZE), 4 * PAGE_SIZE, a + 2 * PAGE_SIZE));
+    t.ok(t.accessPages(acc, iova + BigInt(5 * PAGE_SIZE), 3 * PAGE_SIZE, a + 5 * PAGE_SIZE));
+    t.ok(t.accessPages(acc, iova, 8 * PAGE_SIZE, a));
+    t.checkRefs(a, 2 * PAGE_SIZE, 1);
+    t.destroyAccess(acc);
+    t.checkRefs(a, 8 * PAGE_SIZE, 0);
+    t.teardown();
+  });
+
   test('fds returned inside structs belong to the process (fault queue)', () => {
     const t = new Kt();
     const f = t.faultAlloc();
