@@ -13,7 +13,7 @@ import { type KernelError, kerr } from '../core/errno.ts';
 import { FaultInjector } from '../core/fault.ts';
 import { debugEnabled, invariant } from '../core/invariants.ts';
 import { IOMMU_NO_PASID, type IommuDevice, type IommuDomain, iommuIovaToPhys } from '../iommu/core.ts';
-import { MockIommuDriver, mockPaging } from '../iommu/mock.ts';
+import { MockIommuDriver } from '../iommu/mock.ts';
 import { checkUsersGraph } from './check.ts';
 import {
   deviceAttach,
