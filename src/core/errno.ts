@@ -45,6 +45,7 @@ export const ERRNO = {
   ENOTEMPTY: 39,
   ELOOP: 40,
   ENOMSG: 42,
+  EBADE: 52,
   ENODATA: 61,
   ETIME: 62,
   EOVERFLOW: 75,
