@@ -362,7 +362,7 @@ export function testCmdIoctl(u: Ucmd, drv: MockIommuDriver, ictxFile: IommufdFil
           if (pfn !== r.pfns[i]) {
             accessUnpin(r.pins);
             // The kernel answers EBADE (52), which src/core/errno.ts does not list yet.
-            return kerr('EIO', 'EBADE: the pinned pages are not the user pages');
+            return kerr('EBADE', 'the pinned pages are not the user pages');
           }
         }
       }
