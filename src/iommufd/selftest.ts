@@ -361,7 +361,6 @@ export function testCmdIoctl(u: Ucmd, drv: MockIommuDriver, ictxFile: IommufdFil
             start < 0 ? 0 : p.mm.fault(start + i * PAGE_SIZE - ((start + i * PAGE_SIZE) % PAGE_SIZE), false);
           if (pfn !== r.pfns[i]) {
             accessUnpin(r.pins);
-            // The kernel answers EBADE (52), which src/core/errno.ts does not list yet.
             return kerr('EBADE', 'the pinned pages are not the user pages');
           }
         }
