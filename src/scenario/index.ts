@@ -3,6 +3,7 @@
 
 import './ops-ioasid.ts';
 import './ops-hw.ts';
+import './ops-iommufd.ts';
 
 export { type ParsedStep, parseScenario, type Scenario, ScenarioSyntaxError } from './parse.ts';
 export { Handle, type OpResult } from './registry.ts';
