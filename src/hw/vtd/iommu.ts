@@ -1193,15 +1193,31 @@ export class VtdIommu {
     for (let lvl = 4; lvl >= 1; lvl--) {
       // the table's GPA through the second level (4 levels, 4 KiB pages, readable), inline
       if (tgHi >= slHiLimit) return -1;
-      let tFn = slRoot;
-      for (let sl = 4; sl >= 1; sl--) {
-        const si = tFn * 1024 + (levelIndex(tgHi, tgLo, sl) << 1);
-        const sLo = flat[si]!;
-        const sHi = flat[si + 1]!;
-        if ((sLo & 1) === 0 || (sHi & slRsvdHi) !== 0 || (sLo & (sl === 1 ? 0 : 0x880)) !== 0) return -1;
-        tFn = (sHi & 0xfffff) * 1048576 + (sLo >>> 12);
-        if (tFn >= limit) return -1;
-      }
+      // (unrolled: SL-PML4E, PDPE, PDE need R and no PS/SNP; the PTE needs R)
+      let si = slRoot * 1024 + (((tgHi >>> 7) & 511) << 1);
+      let sLo = flat[si]!;
+      let sHi = flat[si + 1]!;
+      if ((sLo & 0x881) !== 1 || (sHi & slRsvdHi) !== 0) return -1;
+      let tFn = (sHi & 0xfffff) * 1048576 + (sLo >>> 12);
+      if (tFn >= limit) return -1;
+      si = tFn * 1024 + ((((tgLo >>> 30) | (tgHi << 2)) & 511) << 1);
+      sLo = flat[si]!;
+      sHi = flat[si + 1]!;
+      if ((sLo & 0x881) !== 1 || (sHi & slRsvdHi) !== 0) return -1;
+      tFn = (sHi & 0xfffff) * 1048576 + (sLo >>> 12);
+      if (tFn >= limit) return -1;
+      si = tFn * 1024 + (((tgLo >>> 21) & 511) << 1);
+      sLo = flat[si]!;
+      sHi = flat[si + 1]!;
+      if ((sLo & 0x881) !== 1 || (sHi & slRsvdHi) !== 0) return -1;
+      tFn = (sHi & 0xfffff) * 1048576 + (sLo >>> 12);
+      if (tFn >= limit) return -1;
+      si = tFn * 1024 + (((tgLo >>> 12) & 511) << 1);
+      sLo = flat[si]!;
+      sHi = flat[si + 1]!;
+      if ((sLo & 1) === 0 || (sHi & slRsvdHi) !== 0) return -1;
+      tFn = (sHi & 0xfffff) * 1048576 + (sLo >>> 12);
+      if (tFn >= limit) return -1;
       const wi = tFn * 1024 + (levelIndex(hi, lo, lvl) << 1);
       const eLo = flat[wi]!;
       const eHi = flat[wi + 1]!;
