@@ -78,3 +78,24 @@ test('writes stamp the frame with an increasing sequence number', () => {
   assert.equal(m.readHi(5 * 4096 + 8), 0xffffffff);
   assert.deepEqual(splitAddr(2 ** 40 + 5), [5, 256]);
 });
+
+test('both layouts: flat (up to 8 GiB) and slots (beyond) behave the same', () => {
+  for (const size of [1n << 30n, 1n << 36n, 1n << 52n]) {
+    const m = new PhysicalMemory(size);
+    assert.equal(m.flat !== null, size <= 1n << 33n);
+    const a = Number(size) - 4096 * 3;
+    m.write64(a, 0x1234, 0x5678);
+    assert.equal(m.readU64(a), 0x5678_0000_1234n);
+    assert.deepEqual(m.frame(Math.floor(a / 4096)).subarray(0, 2), Uint32Array.of(0x1234, 0x5678));
+    const seq = m.frameSeq(Math.floor(a / 4096));
+    // the IOMMU's own A/D updates do not count as writes
+    m.writeWordHw(Math.floor(a / 4096), 0, 0x1234 | 0x40);
+    assert.equal(m.frameSeq(Math.floor(a / 4096)), seq);
+    assert.equal(m.readLo(a), 0x1274);
+    // on a never-written frame it is an ordinary write
+    m.writeWordHw(7, 3, 9);
+    assert.ok(m.frameSeq(7) > seq);
+    assert.equal(m.read32(7 * 4096 + 12), 9);
+    assert.equal(m.framesAllocated, 2);
+  }
+});

@@ -163,6 +163,25 @@ export class PhysicalMemory {
     this.slabs[s >>> SLAB_SHIFT]![((s & SLAB_MASK) << 10) + wi] = v;
   }
 
+  /**
+   * Writes word `wi` of an already written frame without counting as a software write: the
+   * IOMMU's own accessed/dirty updates, which change no translation and so explain no stale
+   * cache entry. (A never-written frame is written normally.)
+   */
+  writeWordHw(fn: number, wi: number, v: number): void {
+    const flat = this.flat;
+    if (flat !== null && this.flatSeq![fn] !== 0) {
+      flat[fn * FRAME_WORDS + wi] = v;
+      return;
+    }
+    const s = flat === null ? this.slot(fn) : 0;
+    if (s === 0) {
+      this.writeWord(fn, wi, v);
+      return;
+    }
+    this.slabs[s >>> SLAB_SHIFT]![((s & SLAB_MASK) << 10) + wi] = v;
+  }
+
   /** Whether [addr, addr+len) is entirely backed. */
   backed(addr: number, len: number): boolean {
     return addr >= 0 && len >= 0 && addr + len <= this.size;

@@ -192,6 +192,10 @@ test('pc_inv_dsc: DID-selective, PASID-selective within DID, global; G=10 is res
   r.tb.setPasidEntry(r.dir, 1, { p: 1, pgtt: 1, did: 1, aw: 2, flptptr: other });
   assert.equal('fault' in r.t(1, 0x9000), true, 'old first-level root still cached');
   r.iommu.checkInvariants();
+  // an IOTLB entry built from the stale cached PASID entry is explained by the same pending write
+  assert.ok(r.qi!.submit(IOTLB_INV_DSC.encode({ g: 1 })));
+  assert.deepEqual(r.t(1, 0x1000), { hpa: 0x5000 });
+  r.iommu.checkInvariants();
   assert.ok(r.qi!.submit(PC_INV_DSC.encode({ g: 1, did: 2, pasid: 1 })), 'wrong DID: nothing');
   assert.equal(r.iommu.cacheSizes().pasid, 3);
   assert.ok(r.qi!.submit(PC_INV_DSC.encode({ g: 1, did: 1, pasid: 1 })));

@@ -701,7 +701,9 @@ export class VtdIommu {
         this.outPermU,
         this.outPermS,
         baseFn * 4096,
-        this.mem.writeSeq,
+        // as old as the oldest cached structure it was built from: a table write after that is
+        // a pending change that explains a stale entry
+        Math.min(pe.seq, ce.seq),
       );
     }
     return ofn;
@@ -961,6 +963,7 @@ export class VtdIommu {
     pe.slptFn = fnOf(w[0]!, w[1]!);
     pe.pwsnp = 1;
     pe.fpd = ce.fpd;
+    pe.seq = ce.seq;
     this.setSlFast(pe);
     ce.legacyPe = pe;
     if (!this.pure) {
@@ -1013,7 +1016,7 @@ export class VtdIommu {
     pe.pde0 = d0;
     pe.pde1 = d1;
     pe.dirFn = dirFn;
-    pe.seq = this.mem.writeSeq;
+    pe.seq = Math.min(this.mem.writeSeq, ce.seq);
     pe.fpd = ce.fpd | ((d0 >>> 1) & 1);
     this.fpd = pe.fpd;
     if ((d0 & 1) === 0) {
@@ -1341,7 +1344,7 @@ export class VtdIommu {
           return -1;
         }
         eLo = (eLo | 0x100 | (leaf && write !== 0 ? 0x200 : 0)) >>> 0;
-        mem.writeWord(fn, ei, eLo);
+        mem.writeWordHw(fn, ei, eLo);
       }
       if (leaf) {
         this.slLevel = lvl;
@@ -1462,7 +1465,7 @@ export class VtdIommu {
             if (this.slWalk(pe, tgHi, tgLo, ACCESS_W | ACCESS_R, SLM_AD) < 0) return -1;
           }
           eLo = (eLo | ad) >>> 0;
-          mem.writeWord(tFn, ei, eLo);
+          mem.writeWordHw(tFn, ei, eLo);
         }
       }
       if (leaf) {
