@@ -518,6 +518,32 @@ export class VtdIommu {
   }
 
   /**
+   * The translate entry point with the request spelled out (bigint address, optional PASID) and
+   * an object result; translate/translate64 are the allocation-free forms of the same thing.
+   */
+  translateRequest(req: {
+    sid: number;
+    pasid?: number | undefined;
+    addr: bigint;
+    access: number;
+    privileged?: boolean;
+  }): { hpa: bigint } | { fault: VtdFault } | { interrupt: true } | { abort: true } {
+    const a = BigInt.asUintN(64, req.addr);
+    const r = this.translate64(
+      req.sid,
+      req.pasid ?? -1,
+      Number(a >> 32n),
+      Number(a & 0xffffffffn),
+      req.access,
+      req.privileged === true,
+    );
+    if (r === XLATE_FAULT) return { fault: this.lastFault! };
+    if (r === XLATE_INTERRUPT) return { interrupt: true };
+    if (r === XLATE_ABORT) return { abort: true };
+    return { hpa: BigInt(r) };
+  }
+
+  /**
    * An ATS translation request: the walk of an untranslated request, but faults of the paging
    * structures are answered as a completion without permission (not recorded), while faults of
    * the root/context/PASID structures are recorded (VT-d 4.2.3). On success returns the HPA and

@@ -381,6 +381,18 @@ test('SGN.8 0x87: a translation into the interrupt range', () => {
 test('requests without PASID to 0xFEEx_xxxx: a write is an interrupt, a read is an unsupported request', () => {
   const r = new Rig();
   r.pt(0);
+  assert.deepEqual(r.iommu.translateRequest({ sid: SID, addr: 0xfee0_0000n, access: ACCESS_WRITE }), {
+    interrupt: true,
+  });
+  assert.deepEqual(r.iommu.translateRequest({ sid: SID, addr: 0xfee0_0000n, access: ACCESS_READ }), {
+    abort: true,
+  });
+  assert.deepEqual(
+    r.iommu.translateRequest({ sid: SID, pasid: undefined, addr: 0x1000n, access: ACCESS_READ }),
+    { hpa: 0x1000n },
+  );
+  const f = r.iommu.translateRequest({ sid: SID, pasid: 3, addr: 0x1000n, access: ACCESS_READ });
+  assert.ok('fault' in f && f.fault.reason === 0x59 && f.fault.pasid === 3);
   assert.equal(r.iommu.translate(SID, -1, 0xfee0_0000, ACCESS_WRITE, false), XLATE_INTERRUPT);
   assert.equal(r.iommu.translate(SID, -1, 0xfeef_fffc, ACCESS_READ, false), XLATE_ABORT);
   assert.equal(r.iommu.translate(SID, -1, 0xfef0_0000, ACCESS_READ, false), 0xfef0_0000);
