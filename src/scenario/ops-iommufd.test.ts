@@ -11,7 +11,6 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import type { IommufdHost } from '../iommufd/engine.ts';
 import { Handle, parseScenario, runScenario, ScenarioSyntaxError, type StepRecord } from './index.ts';
-import { exitScenarioProcesses } from './ops-iommufd.ts';
 import { ScenarioContext } from './runner.ts';
 import { toJsonValue } from './values.ts';
 
@@ -368,24 +367,24 @@ describe('the process of a file', () => {
     assert.ok(host.phys.totalPins() >= 16, 'the mapping is pinned while the file runs');
     const ictx = [...host.contexts][0]!;
     assert.equal(ictx.closed, false);
-    // The next file's first family-4 step ends the previous file's process.
-    runOk(HEAD);
+    ctx.end();
     assert.equal(ictx.closed, true);
     assert.equal(host.phys.totalPins(), 0);
     assert.equal(host.phys.live, 0);
   });
 
-  test('exitScenarioProcesses tears the last file down; each file has its own descriptors', () => {
+  test('runScenario ends every file it runs; each file has its own descriptors', () => {
+    const sc = parseScenario('a.yaml', FILE);
+    const steps: StepRecord[] = [];
+    runScenario(sc, { debug: true }, (s) => steps.push(s));
+    assert.equal(toJsonValue(steps[0]!.result), 'fd#0');
+    // A second file starts from descriptor 0 on a fresh process, and is torn down at its end.
     const ctx = start(FILE);
     const host = ctx.machine.iommufd;
-    exitScenarioProcesses();
+    assert.ok(host.phys.totalPins() > 0);
+    ctx.end();
     assert.equal(host.phys.totalPins(), 0);
     assert.equal(host.phys.live, 0);
-    exitScenarioProcesses();
-    // A second file starts from descriptor 0 on a fresh process.
-    const steps = runOk(FILE);
-    assert.equal(toJsonValue(steps[0]!.result), 'fd#0');
-    exitScenarioProcesses();
   });
 });
 

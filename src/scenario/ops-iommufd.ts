@@ -45,8 +45,7 @@
 // - A descriptor the kernel returns (an `out_*_fd` field, or a return value that is a new
 //   descriptor, as IOMMU_TEST_OP_DMABUF_GET's) is an `fd#N` handle.
 // - The process exits when its file ends: every descriptor is closed and the mm torn down
-//   (`exitScenarioProcesses`; until the runner calls it at the end of each file, the next
-//   file's first family-4 step calls it for the previous one).
+//   (a teardown hook the runner calls when the file ends).
 
 import { errnoName, KernelError, kerr, UsageError } from '../core/errno.ts';
 import { ioctl, ioctlValue } from '../iommufd/engine.ts';
@@ -125,24 +124,13 @@ interface FileState {
   readonly proc: Process;
 }
 
-/** Processes of files that have not been torn down yet. */
-const live = new Set<Process>();
-
-/**
- * exit(2) for every scenario process still alive: all descriptors closed (every iommufd object
- * destroyed, every pin released), the mm torn down. The runner's end of file.
- */
-export function exitScenarioProcesses(): void {
-  for (const p of live) p.exit();
-  live.clear();
-}
-
 function fileState(ctx: StepContext): FileState {
-  return (ctx as ScenarioContext).stateOf<FileState>('iommufd', () => {
-    // Files run one after the other: a live process belongs to a file that has ended.
-    exitScenarioProcesses();
+  const sctx = ctx as ScenarioContext;
+  return sctx.stateOf<FileState>('iommufd', () => {
     const proc = ctx.machine.iommufd.spawn();
-    live.add(proc);
+    // exit(2) when the file ends: every descriptor closed (every iommufd object destroyed,
+    // every pin released), the mm torn down.
+    sctx.atEnd(() => proc.exit());
     return { proc };
   });
 }

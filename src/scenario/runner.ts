@@ -54,6 +54,7 @@ export class ScenarioContext implements StepContext {
   readonly traceBuf: TraceBuffer | null;
   /** State families keep per file (recorders, allocator ops, ...). */
   readonly state = new Map<string, unknown>();
+  private readonly endHooks: (() => void)[] = [];
 
   constructor(scenario: Scenario, opts: RunOptions) {
     this.profile = scenario.profile;
@@ -79,6 +80,16 @@ export class ScenarioContext implements StepContext {
 
   trace(kind: string, what: string, fields: Record<string, unknown> = {}): void {
     this.traceBuf?.sink({ kind, what, ...fields });
+  }
+
+  /** Runs `fn` when the file ends (a family's teardown: a process exits, ...). */
+  atEnd(fn: () => void): void {
+    this.endHooks.push(fn);
+  }
+
+  /** The end of the file: every teardown hook, latest first. */
+  end(): void {
+    while (this.endHooks.length > 0) this.endHooks.pop()!();
   }
 
   /** Family-private state, made on first use. */
@@ -193,6 +204,14 @@ function describe(v: unknown): string {
 /** Runs one parsed scenario, calling `emit` for each step; returns the file record. */
 export function runScenario(scenario: Scenario, opts: RunOptions, emit: (r: StepRecord) => void): FileRecord {
   const ctx = new ScenarioContext(scenario, opts);
+  try {
+    return runSteps(ctx, scenario, emit);
+  } finally {
+    ctx.end();
+  }
+}
+
+function runSteps(ctx: ScenarioContext, scenario: Scenario, emit: (r: StepRecord) => void): FileRecord {
   let passed = 0;
   let failed = 0;
   for (const step of scenario.steps) {
