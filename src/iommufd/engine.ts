@@ -88,13 +88,21 @@ export interface IommufdHostOptions {
   /** How many mock devices to expose as VFIO devices when `devices` is not given. */
   readonly mockVfioDevices?: number;
   readonly faults?: FaultInjector;
+  /**
+   * The host's page pool (default: a standalone PhysMem). A machine passes one backed by its
+   * physical memory, shared with its IOMMU driver, so that device DMA reaches user pages.
+   */
+  readonly phys?: PhysMem;
+  /** More debug-mode checks to run after every ioctl (the IOMMU driver's and the hardware's). */
+  readonly checkInvariants?: () => void;
 }
 
 type Handler = (u: Ucmd, file: IommufdFile) => number | KernelError;
 
 export class IommufdHost implements ProcessHost {
-  readonly phys = new PhysMem();
+  readonly phys: PhysMem;
   readonly faults: FaultInjector;
+  private readonly extraChecks: (() => void) | null;
   readonly testCmd: boolean;
   readonly version: 'newest' | 'v6.8';
   readonly mock: MockIommuDriver;
@@ -107,6 +115,8 @@ export class IommufdHost implements ProcessHost {
 
   constructor(opts: IommufdHostOptions = {}) {
     this.faults = opts.faults ?? new FaultInjector();
+    this.phys = opts.phys ?? new PhysMem();
+    this.extraChecks = opts.checkInvariants ?? null;
     this.testCmd = opts.testCmd ?? true;
     this.version = opts.version ?? 'newest';
     this.mock = new MockIommuDriver(this.faults);
@@ -203,6 +213,7 @@ export class IommufdHost implements ProcessHost {
         }
       }
     }
+    this.extraChecks?.();
   }
 }
 

@@ -658,6 +658,10 @@ export function viommuAllocIoctl(u: Ucmd): number | KernelError {
   if (state.mmapPages && state.mmapSetup) {
     const phys = u.p.host.phys;
     const base = phys.allocContig(state.mmapPages, 1);
+    if (base === 0) {
+      u.ctx.abortAndDestroy(v);
+      return kerr('ENOMEM', 'vIOMMU mmap region: out of memory');
+    }
     const pfns = new Int32Array(state.mmapPages).map((_, i) => base + i);
     v.mmapPfns = pfns;
     v.mmapOffset = u.ctx.allocMmap(v, pfns);

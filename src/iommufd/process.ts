@@ -13,6 +13,8 @@
 import { ERRNO, type KernelError, kerr } from '../core/errno.ts';
 import type { FaultInjector } from '../core/fault.ts';
 import { invariant as importedInvariant } from '../core/invariants.ts';
+import type { PhysicalMemory } from '../hw/memory.ts';
+import type { FrameAllocator } from '../iommu/frames.ts';
 
 // A local binding: imported bindings cost a getter call each on hot paths once transpiled.
 const invariant: typeof importedInvariant = importedInvariant;
@@ -32,15 +34,39 @@ export const MAP_ANONYMOUS = 0x20;
 export const MAP_POPULATE = 0x8000;
 export const MAP_HUGETLB = 0x40000;
 
-/** The host's physical memory: pages by pfn, with reference and pin counts (struct page). */
-export class PhysMem {
+/** One zeroed page, the source of zero-fills of recycled frames in the machine's memory. */
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
+
+/**
+ * The host's physical memory: pages by pfn, with reference and pin counts (struct page).
+ *
+ * Standalone (no backing), the pool is unbounded and a page's bytes live in a map, made on the
+ * first write: the selftest ports' hosts use this. Backed by a machine's PhysicalMemory
+ * (src/hw/memory.ts), pfn is the physical frame number, the bytes are the machine's memory,
+ * the pool is bounded by its size (an allocation beyond it fails with 0, as out of memory), and
+ * the same pool gives the IOMMU driver its table frames (FrameAllocator, counted in
+ * `kernelLive` rather than `live`), so that device DMA through the driver's tables lands in
+ * the user's pages. Frame 0 is never handed out in either mode: 0 means "no page".
+ */
+export class PhysMem implements FrameAllocator {
   private ref = new Int32Array(1024);
   private pin = new Int32Array(1024);
   private readonly data = new Map<number, Uint8Array>();
   private readonly freeList: number[] = [];
   private next = 1; // pfn 0 is never handed out: 0 means "no page" in every table
-  /** Pages currently allocated. */
+  /** The machine's memory holding the pages' bytes, or null (standalone). */
+  readonly backing: PhysicalMemory | null;
+  /** Frames that exist: backed mode only (Infinity standalone). */
+  private readonly limit: number;
+  /** User pages currently allocated. */
   live = 0;
+  /** Frames held by the IOMMU driver (allocFrame / allocFrames). */
+  kernelLive = 0;
+
+  constructor(backing: PhysicalMemory | null = null) {
+    this.backing = backing;
+    this.limit = backing ? backing.frameLimit : Number.POSITIVE_INFINITY;
+  }
 
   private grow(min: number): void {
     let n = this.ref.length;
@@ -53,12 +79,35 @@ export class PhysMem {
     this.pin = p;
   }
 
-  /** A zeroed page with one reference. */
+  /**
+   * Zeroes a frame of the backing memory before it is handed out: always for a recycled frame,
+   * and for a fresh one only if something wrote it (never-written frames read as zeros).
+   */
+  private zero(pfn: number, recycled: boolean): void {
+    const m = this.backing!;
+    if (!recycled && m.frameSeq(pfn) === 0) return;
+    const flat = m.flat;
+    if (flat !== null) {
+      flat.fill(0, pfn * 1024, pfn * 1024 + 1024);
+      m.writeWord(pfn, 0, 0); // stamps the frame as written now
+    } else m.writeFrom(pfn * PAGE_SIZE, ZERO_PAGE);
+  }
+
+  /** A zeroed page with one reference; 0 when a backed pool is exhausted. */
   alloc(): number {
-    const pfn = this.freeList.length > 0 ? this.freeList.pop()! : this.next++;
+    let pfn: number;
+    let recycled = false;
+    if (this.freeList.length > 0) {
+      pfn = this.freeList.pop()!;
+      recycled = true;
+    } else {
+      if (this.next >= this.limit) return 0;
+      pfn = this.next++;
+    }
     if (pfn >= this.ref.length) this.grow(pfn);
     this.ref[pfn] = 1;
     this.live++;
+    if (this.backing !== null) this.zero(pfn, recycled);
     return pfn;
   }
 
@@ -71,7 +120,7 @@ export class PhysMem {
     invariant(r >= 0, 'PhysMem: page reference count below zero');
     if (r === 0) {
       invariant(this.pin[pfn] === 0, 'PhysMem: freeing a pinned page');
-      this.data.delete(pfn);
+      if (this.backing === null) this.data.delete(pfn);
       this.freeList.push(pfn);
       this.live--;
     }
@@ -79,15 +128,52 @@ export class PhysMem {
 
   /**
    * `n` physically contiguous pages aligned to `align` pages (a huge page), each with one
-   * reference. Taken from fresh memory, never from the free list.
+   * reference. Taken from fresh memory, never from the free list; 0 when a backed pool has no
+   * such run left (frames skipped for the alignment go to the free list).
    */
   allocContig(n: number, align: number): number {
     const start = Math.ceil(this.next / align) * align;
+    if (start + n > this.limit) return 0;
+    if (this.backing !== null) for (let f = this.next; f < start; f++) this.freeList.push(f);
     this.next = start + n;
     if (this.next >= this.ref.length) this.grow(this.next);
-    for (let i = 0; i < n; i++) this.ref[start + i] = 1;
+    for (let i = 0; i < n; i++) {
+      this.ref[start + i] = 1;
+      if (this.backing !== null) this.zero(start + i, false);
+    }
     this.live += n;
     return start;
+  }
+
+  // ---- FrameAllocator: the IOMMU driver's frames, from the same pool ----
+
+  allocFrame(): number {
+    const pfn = this.alloc();
+    if (pfn !== 0) {
+      this.live--;
+      this.kernelLive++;
+    }
+    return pfn;
+  }
+
+  allocFrames(n: number): number {
+    if (n === 1) return this.allocFrame();
+    const pfn = this.allocContig(n, 1);
+    if (pfn !== 0) {
+      this.live -= n;
+      this.kernelLive += n;
+    }
+    return pfn;
+  }
+
+  freeFrame(pfn: number): void {
+    invariant(
+      this.ref[pfn] === 1 && this.pin[pfn] === 0,
+      'PhysMem: freeing a frame that is not a driver frame',
+    );
+    this.kernelLive--;
+    this.live++;
+    this.put(pfn);
   }
 
   /** pin_user_pages of pfns[from, to): the hot path of pinning, no call per page. */
@@ -109,6 +195,7 @@ export class PhysMem {
   releaseHolds(pfns: Int32Array, holders: Int32Array, first: number, last: number): number {
     const ref = this.ref;
     const pin = this.pin;
+    const standalone = this.backing === null;
     let freed = 0;
     for (let i = first; i <= last; i++) {
       const h = --holders[i]!;
@@ -119,7 +206,7 @@ export class PhysMem {
       invariant(pin[pfn]! > 0, 'PhysMem: unpin of a page that is not pinned');
       pin[pfn]!--;
       if (--ref[pfn]! === 0) {
-        this.data.delete(pfn);
+        if (standalone) this.data.delete(pfn);
         this.freeList.push(pfn);
         this.live--;
       }
@@ -155,8 +242,8 @@ export class PhysMem {
     return s;
   }
 
-  /** The page's bytes, made on first write; reads of an untouched page see zeros. */
-  bytes(pfn: number, forWrite: boolean): Uint8Array | null {
+  /** Standalone: the page's bytes, made on first write; reads of an untouched page see zeros. */
+  private bytes(pfn: number, forWrite: boolean): Uint8Array | null {
     let d = this.data.get(pfn);
     if (d === undefined && forWrite) {
       d = new Uint8Array(PAGE_SIZE);
@@ -166,12 +253,24 @@ export class PhysMem {
   }
 
   copyPage(dst: number, src: number): void {
+    const m = this.backing;
+    if (m !== null) {
+      const b = new Uint8Array(PAGE_SIZE);
+      m.readInto(src * PAGE_SIZE, b);
+      m.writeFrom(dst * PAGE_SIZE, b);
+      return;
+    }
     const s = this.data.get(src);
     if (s) this.bytes(dst, true)!.set(s);
   }
 
   /** Read `len` bytes at physical address `pa` (may cross pages). */
   read(pa: number, dst: Uint8Array, off = 0, len = dst.length): void {
+    const m = this.backing;
+    if (m !== null) {
+      m.readInto(pa, dst.subarray(off, off + len));
+      return;
+    }
     while (len > 0) {
       const pfn = Math.floor(pa / PAGE_SIZE);
       const po = pa % PAGE_SIZE;
@@ -186,6 +285,11 @@ export class PhysMem {
   }
 
   write(pa: number, src: Uint8Array, off = 0, len = src.length): void {
+    const m = this.backing;
+    if (m !== null) {
+      m.writeFrom(pa, src.subarray(off, off + len));
+      return;
+    }
     while (len > 0) {
       const pfn = Math.floor(pa / PAGE_SIZE);
       const po = pa % PAGE_SIZE;
@@ -280,6 +384,7 @@ export class MemFile extends KFile {
         // hugetlbfs: the whole 2 MiB folio at once, physically contiguous and aligned.
         const first = idx - (idx % HPAGE_PAGES);
         const base = this.phys.allocContig(HPAGE_PAGES, HPAGE_PAGES);
+        if (base === 0) return 0; // out of memory
         for (let i = 0; i < HPAGE_PAGES; i++) {
           if (first + i < this.pages.length && this.pages[first + i] === 0) this.pages[first + i] = base + i;
           else this.phys.put(base + i);
@@ -468,6 +573,7 @@ export class UserMm {
     if (fpfn === 0) return 0;
     if (!write && !unshare) return fpfn;
     const pfn = this.phys.alloc();
+    if (pfn === 0) return 0; // out of memory
     this.phys.copyPage(pfn, fpfn);
     priv[idx] = pfn;
     return pfn;
@@ -540,8 +646,9 @@ export class UserMm {
         for (let i = 0; i < priv.length; i++) {
           const p = v.priv[i]!;
           if (p !== 0) {
+            // Out of memory (0): the child's page stays absent.
             const q = this.phys.alloc();
-            this.phys.copyPage(q, p);
+            if (q !== 0) this.phys.copyPage(q, p);
             priv[i] = q;
           }
         }

@@ -157,7 +157,8 @@ export class DmabufFile extends KFile implements DmabufFileLike {
     this.size = size;
     const n = Math.ceil(size / PAGE_SIZE);
     const base = phys.allocContig(n, 1);
-    this.pfns = new Int32Array(n).map((_, i) => base + i);
+    // Out of memory: no pages (pfns[0] is 0, the caller fails with ENOMEM).
+    this.pfns = base === 0 ? new Int32Array(n) : new Int32Array(n).map((_, i) => base + i);
   }
   get(): void {
     this.refs++;
@@ -520,7 +521,10 @@ export function testCmdIoctl(u: Ucmd, drv: MockIommuDriver, ictxFile: IommufdFil
       if (len === 0 || len > PAGE_SIZE * 512) return kerr('EINVAL', `dma-buf length ${len}`);
       if (ctx.fail('iommufd_test_dmabuf_get')) return kerr('ENOMEM', 'dma-buf allocation failed');
       // The fd is the ioctl's return value (dma_buf_fd).
-      return p.installFd(new DmabufFile(p.host.phys, Math.ceil(len / PAGE_SIZE) * PAGE_SIZE));
+      const size = Math.ceil(len / PAGE_SIZE) * PAGE_SIZE;
+      const dmabuf = new DmabufFile(p.host.phys, size);
+      if (dmabuf.pfns.length > 0 && dmabuf.pfns[0] === 0) return kerr('ENOMEM', 'no contiguous memory left');
+      return p.installFd(dmabuf);
     }
     case TEST_OP.DMABUF_REVOKE: {
       const a = m('dmabuf_revoke');
