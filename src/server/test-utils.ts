@@ -1,0 +1,178 @@
+// Helpers for the wire server's tests (not a test itself): an in-process server on a temporary
+// Unix socket with its log captured, and a raw connection that sends hand-made frames and reads
+// replies frame by frame, so that framing can be tested byte for byte (../shared/spec/WIRE.md).
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MIN_LENGTH, RESPONSE_HEADER, readI64 } from './protocol.ts';
+import { type LogEvent, type ServerOptions, WireServer } from './server.ts';
+
+/** A fresh directory for socket files; removed by the returned cleanup. */
+export function tempDir(): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), 'pasidkit-'));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export interface TestServer {
+  readonly server: WireServer;
+  readonly path: string;
+  readonly logs: LogEvent[];
+  stop(): Promise<void>;
+}
+
+/** A server listening on a temporary Unix socket, logging into `logs`. */
+export async function startServer(opts: ServerOptions = {}): Promise<TestServer> {
+  const { dir, cleanup } = tempDir();
+  const logs: LogEvent[] = [];
+  const server = new WireServer({ log: (e) => logs.push(e), ...opts });
+  const path = join(dir, 's.sock');
+  await server.listen({ path });
+  return {
+    server,
+    path,
+    logs,
+    async stop() {
+      await server.close();
+      cleanup();
+    },
+  };
+}
+
+export interface Frame {
+  readonly tag: number;
+  readonly ret: number;
+  readonly payload: Buffer;
+}
+
+/** A request frame: u32 length | u32 op | u32 tag | i32 fd | payload. */
+export function frame(op: number, tag: number, fd: number, payload: Uint8Array = Buffer.alloc(0)): Buffer {
+  const b = Buffer.alloc(16 + payload.length);
+  b.writeUInt32LE(MIN_LENGTH + payload.length, 0);
+  b.writeUInt32LE(op >>> 0, 4);
+  b.writeUInt32LE(tag >>> 0, 8);
+  b.writeInt32LE(fd, 12);
+  b.set(payload, 16);
+  return b;
+}
+
+export function u32(...v: number[]): Buffer {
+  const b = Buffer.alloc(4 * v.length);
+  v.forEach((x, i) => {
+    b.writeUInt32LE(x >>> 0, 4 * i);
+  });
+  return b;
+}
+
+export function u64(...v: (number | bigint)[]): Buffer {
+  const b = Buffer.alloc(8 * v.length);
+  v.forEach((x, i) => {
+    b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(x)), 8 * i);
+  });
+  return b;
+}
+
+/** A connection that speaks raw frames. */
+export class RawConn {
+  readonly socket: net.Socket;
+  private buf = Buffer.alloc(0);
+  private readonly frames: Frame[] = [];
+  private waiter: (() => void) | null = null;
+  ended = false;
+  readonly closed: Promise<void>;
+
+  private constructor(socket: net.Socket) {
+    this.socket = socket;
+    socket.on('data', (d: Buffer) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      for (;;) {
+        if (this.buf.length < 4) break;
+        const len = this.buf.readUInt32LE(0);
+        if (this.buf.length < len + 4) break;
+        this.frames.push({
+          tag: this.buf.readUInt32LE(4),
+          ret: readI64(this.buf, 8),
+          payload: Buffer.from(this.buf.subarray(RESPONSE_HEADER, len + 4)),
+        });
+        this.buf = this.buf.subarray(len + 4);
+      }
+      this.wake();
+    });
+    socket.on('error', () => {});
+    this.closed = new Promise((resolve) =>
+      socket.on('close', () => {
+        this.ended = true;
+        this.wake();
+        resolve();
+      }),
+    );
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  static connect(path: string): Promise<RawConn> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ path });
+      s.once('error', reject);
+      s.once('connect', () => {
+        s.off('error', reject);
+        resolve(new RawConn(s));
+      });
+    });
+  }
+
+  send(b: Uint8Array): void {
+    this.socket.write(b);
+  }
+
+  /** The next reply; rejects if the connection closes first or after `ms`. */
+  async next(ms = 5000): Promise<Frame> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const f = this.frames.shift();
+      if (f) return f;
+      if (this.ended) throw new Error('connection closed');
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error('no reply in time');
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiter = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+    }
+  }
+
+  /** Sends one request and returns its reply (checking the tag). */
+  async call(op: number, fd: number, payload?: Uint8Array, tag = 7): Promise<Frame> {
+    this.send(frame(op, tag, fd, payload));
+    const f = await this.next();
+    if (f.tag !== tag) throw new Error(`tag ${f.tag}, expected ${tag}`);
+    return f;
+  }
+
+  /** Replies received and not yet taken. */
+  get pending(): number {
+    return this.frames.length;
+  }
+
+  close(): Promise<void> {
+    this.socket.end();
+    return this.closed;
+  }
+}
+
+/** Waits until `cond()` holds (polling), or throws after `ms`. */
+export async function until(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
