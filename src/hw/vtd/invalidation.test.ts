@@ -334,7 +334,7 @@ test('invalidation queue errors (IQE): type, reserved bits, width, tail, fetch; 
   }
 });
 
-test('invalidation queue: 128-bit queue rejects 256-bit descriptor types; invalid tail; fetch error; DW without SMTS', () => {
+test('invalidation queue: 128-bit queue rejects 256-bit descriptor types; misaligned and invalid tail; fetch error; DW without SMTS', () => {
   const r = new Rig({}, { qi: false });
   const q = new InvalidationQueue(r.mem, r.iommu, r.alloc(), 0xff000, { wide: false });
   assert.ok(q.submit(IOTLB_INV_DSC.encode({ g: 1 })));
@@ -342,8 +342,8 @@ test('invalidation queue: 128-bit queue rejects 256-bit descriptor types; invali
   q.kick();
   assert.equal(Number(r.iommu.mmioRead(IQERCD, 8)) & 0xf, 3);
   const t = new Rig();
-  t.iommu.mmioWrite(IQT, 0x10n, 4); // bit 4 with 256-bit descriptors
-  assert.equal(Number(t.iommu.mmioRead(IQERCD, 8)) & 0xf, 1);
+  t.iommu.mmioWrite(IQT, 0x10n, 4); // bit 4 with 256-bit descriptors: IQEI 6, tail misaligned
+  assert.equal(Number(t.iommu.mmioRead(IQERCD, 8)) & 0xf, 6);
   const t2 = new Rig();
   t2.iommu.mmioWrite(IQT, BigInt(200 << 5), 4); // beyond 128 entries
   assert.equal(Number(t2.iommu.mmioRead(IQERCD, 8)) & 0xf, 1);

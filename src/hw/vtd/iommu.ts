@@ -2209,7 +2209,11 @@ export class VtdIommu {
       this.iqError(IQEI.INVALID_WIDTH);
       return;
     }
-    if ((dw && this.iqt & 0x10) || tail >= entries) {
+    if (dw && this.iqt & 0x10) {
+      this.iqError(IQEI.TAIL_MISALIGNED);
+      return;
+    }
+    if (tail >= entries) {
       this.iqError(IQEI.INVALID_TAIL);
       return;
     }

@@ -142,6 +142,10 @@ export const IQEI = {
   INVALID_TYPE: 3,
   RESERVED_FIELD: 4,
   INVALID_WIDTH: 5,
+  /** IQT bit 4 set while 256-bit descriptors are in use (IQA.DW = 1). */
+  TAIL_MISALIGNED: 6,
+  /** A descriptor whose TTM field is invalid. */
+  INVALID_TTM: 7,
 } as const;
 
 // CAP bits
