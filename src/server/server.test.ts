@@ -393,18 +393,15 @@ describe('connections', () => {
     await t.stop();
   });
 
-  test('a client that never reads stalls only itself (back-pressure)', async () => {
+  test('a client that never reads stalls only itself (back-pressure), and still gets every reply at shutdown', async () => {
     const t = await startServer({ maxFrame: 1 << 20 });
     const greedy = await RawConn.connect(t.path);
+    const va = (await greedy.call(OP.MMAP, -1, mmapPayload(1 << 20, RW, ANON))).ret;
     greedy.socket.pause();
-    const va = await new Promise<number>((resolve) => {
-      void greedy.call(OP.MMAP, -1, mmapPayload(1 << 20, RW, ANON)).then((f) => resolve(f.ret));
-      greedy.socket.resume();
-    });
-    greedy.socket.pause();
-    // 64 PEEKs of 1 MiB: far more than the server buffers for one connection.
+    // 24 PEEKs of 1 MiB: far more than the server buffers for one connection (4 MiB).
+    const N = 24;
     const peeks: Buffer[] = [];
-    for (let i = 0; i < 64; i++)
+    for (let i = 0; i < N; i++)
       peeks.push(frame(OP.PEEK, i, -1, Buffer.concat([u64(va), u32((1 << 20) - 64)])));
     greedy.send(Buffer.concat(peeks));
     await new Promise((r) => setTimeout(r, 200));
@@ -413,9 +410,17 @@ describe('connections', () => {
     const fd = await other.open('/dev/iommu');
     assert.equal(await other.ioasAlloc(fd), 1);
     await other.end();
+    assert.ok(t.logs.some((l) => l.event === 'backpressure'));
+    // A shutdown now still runs every frame the greedy client sent, then closes it.
+    const closing = t.server.close();
     greedy.socket.resume();
-    for (let i = 0; i < 64; i++) assert.equal((await greedy.next(10000)).tag, i);
-    await greedy.close();
+    for (let i = 0; i < N; i++) {
+      const f = await greedy.next(10000);
+      assert.deepEqual([f.tag, f.ret, f.payload.length], [i, 0, (1 << 20) - 64]);
+    }
+    await closing;
+    await greedy.closed;
+    assert.deepEqual(hostUsage(t.server.host), zeroUsage);
     await t.stop();
   });
 

@@ -285,6 +285,8 @@ class Connection {
   private payload: Uint8Array | null = null;
   /** Waiting for 'drain' before executing more frames. */
   private blocked = false;
+  /** Shutting down: every frame received whole runs, whatever the back-pressure. */
+  private draining = false;
   /** No more frames are executed (protocol error or shutdown). */
   private ending = false;
   private gone = false;
@@ -379,6 +381,20 @@ class Connection {
    * Stops early at a partial frame, when output backs up, or on a protocol error.
    */
   private run(b: Buffer, end: number): number {
+    // The engine reports failures as KernelError values, which the server only turns into an
+    // errno: their stack traces are never read, and capturing one costs more than the rest of
+    // a failing ioctl. So no stacks while frames execute, except with --verbose, where an
+    // internal error's log line should say where it came from.
+    const limit = Error.stackTraceLimit;
+    if (!this.verbose) Error.stackTraceLimit = 0;
+    try {
+      return this.runFrames(b, end);
+    } finally {
+      Error.stackTraceLimit = limit;
+    }
+  }
+
+  private runFrames(b: Buffer, end: number): number {
     let off = 0;
     while (off < end && !this.ending) {
       if (this.discard > 0) {
@@ -411,11 +427,12 @@ class Connection {
       if (avail < len + 4) break;
       this.execute(b, off, len);
       off += len + 4;
-      if (this.outLen + this.socket.writableLength >= OUT_HIGH_WATER) {
+      if (!this.draining && this.outLen + this.socket.writableLength >= OUT_HIGH_WATER) {
         this.flush();
         if (this.socket.writableLength >= OUT_HIGH_WATER) {
           this.blocked = true;
           this.socket.pause();
+          this.srv.log({ event: 'backpressure', conn: this.id, unsent: this.socket.writableLength });
           break;
         }
       }
@@ -673,6 +690,7 @@ class Connection {
   shutdown(): Promise<void> {
     if (!this.ending && !this.gone) {
       this.endReason = 'shutdown';
+      this.draining = true;
       if (this.blocked) {
         this.blocked = false;
         this.runPending();

@@ -1,0 +1,232 @@
+// Benchmarks `wire-rtt` and `wire-pipelined` of ../shared/bench/WORKLOADS.md: the server on a
+// Unix socket in this process, the project's own client (bench-client.ts) in a process of its
+// own; one iteration is IOMMU_IOAS_ALLOC then IOMMU_DESTROY of it (two operations).
+//
+//   wire-rtt        one client, one request in flight, 100,000 iterations (200,000 ops)
+//   wire-pipelined  8 clients at once, each with up to 32 requests in flight, 100,000
+//                   iterations each (200,000 ops each, 1,600,000 in all); the 8 connections
+//                   share one client process, so that on a small machine the figure measures
+//                   the server rather than process scheduling
+//
+// The anchor of `wire-rtt` is Redis: `redis-benchmark -t ping_mbulk -c 1 -P 1` over a Unix
+// socket, against a redis-server this module starts on a temporary socket and stops, in the
+// same run. Without Redis on the machine (as root with apt-get, it is installed from Debian's
+// packages first) the anchor line says why it is missing instead of a figure.
+
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { debugEnabled, setDebug } from '../core/invariants.ts';
+import { WireServer } from './server.ts';
+
+export interface WireBenchResult {
+  workload: string;
+  impl?: string;
+  ops?: number;
+  seconds?: number;
+  opsPerSec?: number;
+  /** Mean latency of one operation, in microseconds. */
+  usPerOp?: number;
+  [k: string]: unknown;
+}
+
+function tempDir(): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), 'pasidkit-bench-'));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const CLIENT = join(ROOT, 'src', 'server', 'bench-client.ts');
+
+function line(
+  workload: string,
+  ops: number,
+  seconds: number,
+  extra: Record<string, unknown> = {},
+): WireBenchResult {
+  return {
+    workload,
+    ...extra,
+    ops,
+    seconds: Number(seconds.toFixed(6)),
+    opsPerSec: Math.round(ops / seconds),
+    usPerOp: Number(((seconds * 1e6) / ops).toFixed(2)),
+  };
+}
+
+/** Runs `fn` against a fresh server on a temporary Unix socket, debug checks off (they are not the workload). */
+async function withServer<T>(fn: (path: string) => Promise<T>): Promise<T> {
+  const { dir, cleanup } = tempDir();
+  const debug = debugEnabled();
+  setDebug(false);
+  const server = new WireServer({ log: () => {} });
+  try {
+    const path = join(dir, 'bench.sock');
+    await server.listen({ path });
+    return await fn(path);
+  } finally {
+    await server.close();
+    setDebug(debug);
+    cleanup();
+  }
+}
+
+/** Runs bench-client.ts in a child process; resolves with its {ops, seconds}. */
+function runClient(args: string[]): Promise<{ ops: number; seconds: number }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLIENT, ...args], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, PASIDKIT_DEBUG: '0' },
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      if (code !== 0) return reject(new Error(`bench client exited with ${code}: ${err.trim()}`));
+      try {
+        resolve(JSON.parse(out.trim().split('\n').pop()!) as { ops: number; seconds: number });
+      } catch {
+        reject(new Error(`bench client printed no result: ${out}${err}`));
+      }
+    });
+  });
+}
+
+// ---- Redis, the anchor -------------------------------------------------------------------------
+
+function have(cmd: string): boolean {
+  return spawnSync(cmd, ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+/** redis-server and redis-benchmark, installed from Debian's packages if missing and possible. */
+function ensureRedis(mayInstall: boolean): string | null {
+  if (have('redis-server') && have('redis-benchmark')) return null;
+  if (!mayInstall) return 'redis-server/redis-benchmark not installed';
+  const root = process.getuid?.() === 0;
+  if (!root || !have('apt-get'))
+    return 'redis-server/redis-benchmark not installed (apt-get install redis-server redis-tools)';
+  process.stderr.write(
+    'bench: installing redis-server and redis-tools from Debian packages for the wire-rtt anchor\n',
+  );
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const install = () =>
+    spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'redis-server', 'redis-tools'], {
+      stdio: 'ignore',
+      env,
+      timeout: 300_000,
+    }).status === 0;
+  if (!install()) {
+    spawnSync('apt-get', ['update', '-qq'], { stdio: 'ignore', env, timeout: 300_000 });
+    install();
+  }
+  return have('redis-server') && have('redis-benchmark')
+    ? null
+    : 'installing redis-server redis-tools failed';
+}
+
+let redisLine: WireBenchResult | null = null;
+
+/**
+ * The anchor: redis-benchmark PING_MBULK, one connection, no pipelining, over a Unix socket to
+ * a redis-server started for it. 100,000 requests.
+ */
+export async function benchWireRttRedis(
+  opts: { requests?: number; install?: boolean } = {},
+): Promise<WireBenchResult> {
+  const requests = opts.requests ?? 100_000;
+  const missing = ensureRedis(opts.install ?? true);
+  if (missing !== null) {
+    process.stderr.write(`bench: wire-rtt anchor skipped: ${missing}\n`);
+    return { workload: 'wire-rtt', impl: 'redis-ping', skipped: missing };
+  }
+  const { dir, cleanup } = tempDir();
+  const sock = join(dir, 'redis.sock');
+  const server = spawn(
+    'redis-server',
+    [
+      '--port',
+      '0',
+      '--unixsocket',
+      sock,
+      '--unixsocketperm',
+      '700',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      dir,
+    ],
+    { stdio: 'ignore' },
+  );
+  try {
+    const deadline = Date.now() + 10_000;
+    while (!existsSync(sock)) {
+      if (Date.now() > deadline) throw new Error('redis-server did not start');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const csv = execFileSync(
+      'redis-benchmark',
+      ['-s', sock, '-t', 'ping_mbulk', '-c', '1', '-P', '1', '-n', String(requests), '--csv'],
+      { encoding: 'utf8', timeout: 300_000 },
+    );
+    const row = csv
+      .split('\n')
+      .map((l) => l.split(',').map((f) => f.replace(/"/g, '')))
+      .find((f) => f[0] === 'PING_MBULK');
+    const rps = Number(row?.[1]);
+    if (!(rps > 0)) throw new Error(`unexpected redis-benchmark output: ${csv}`);
+    redisLine = line('wire-rtt', requests, requests / rps, { impl: 'redis-ping' });
+    return redisLine;
+  } finally {
+    server.kill('SIGTERM');
+    await new Promise((r) => server.once('exit', r));
+    cleanup();
+  }
+}
+
+// ---- the workloads -----------------------------------------------------------------------------
+
+/**
+ * wire-rtt. When Redis is available the anchor runs just before the timed run, and the line
+ * carries the ratio of the two per-operation latencies (the target is at most 1.2).
+ */
+export async function benchWireRtt(
+  opts: { iterations?: number; warmup?: number; anchor?: boolean } = {},
+): Promise<WireBenchResult> {
+  const iterations = opts.iterations ?? 100_000;
+  const warmup = opts.warmup ?? 20_000;
+  redisLine = null;
+  const anchor = (opts.anchor ?? true) ? await benchWireRttRedis() : null;
+  const r = await withServer((path) => runClient(['rtt', path, String(iterations), String(warmup)]));
+  const extra: Record<string, unknown> = {};
+  if (anchor?.usPerOp !== undefined) {
+    extra['redisUsPerOp'] = anchor.usPerOp;
+    extra['ratioToRedis'] = Number(((r.seconds * 1e6) / r.ops / anchor.usPerOp).toFixed(3));
+  }
+  return line('wire-rtt', r.ops, r.seconds, extra);
+}
+
+/** The anchor line for the bench table: the Redis figure of the last wire-rtt run (or a new one). */
+export async function benchWireRttAnchor(): Promise<WireBenchResult> {
+  return redisLine ?? (await benchWireRttRedis());
+}
+
+/** wire-pipelined: 8 clients, up to 32 in flight each, 200,000 operations each. */
+export async function benchWirePipelined(
+  opts: { clients?: number; inflight?: number; iterations?: number; warmup?: number } = {},
+): Promise<WireBenchResult> {
+  const clients = opts.clients ?? 8;
+  const inflight = opts.inflight ?? 32;
+  const iterations = opts.iterations ?? 100_000;
+  const warmup = opts.warmup ?? 10_000;
+  const r = await withServer((path) =>
+    runClient(['pipelined', path, String(iterations), String(warmup), String(clients), String(inflight)]),
+  );
+  return line('wire-pipelined', r.ops, r.seconds, { clients, inflight });
+}
