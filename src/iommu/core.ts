@@ -335,19 +335,23 @@ export function iommuReleaseDevice(dev: IommuDevice): void {
 
 /**
  * __iommu_group_set_domain: attach every device or none. A device whose attach fails makes
- * the devices already moved go back to the old domain.
+ * the devices already moved, and the failing one (a driver may have changed its state before
+ * failing), go back to the old domain (err_revert).
  */
 function groupSetDomain(group: IommuGroup, domain: IommuDomain): KernelError | undefined {
   const old = group.domain;
   if (old === domain) return undefined;
   const done: IommuDevice[] = [];
   for (const dev of group.devices) {
+    done.push(dev);
     const err = domain.ops.attachDev?.(domain, dev, old) ?? undefined;
     if (err) {
-      for (const d of done) old.ops.attachDev?.(old, d, domain);
+      for (const d of done) {
+        const e = old.ops.attachDev?.(old, d, null);
+        invariant(e === undefined, 'iommu: reattaching the previous domain cannot fail');
+      }
       return err;
     }
-    done.push(dev);
   }
   group.domain = domain;
   return undefined;
