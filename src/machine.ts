@@ -7,10 +7,12 @@ import { debugEnabled, InvariantError } from './core/invariants.ts';
 import type { Tracer } from './core/trace.ts';
 import type { PciDevice } from './hw/pci.ts';
 import { createPlatform, type Platform } from './hw/platform.ts';
-import { IommufdHost } from './iommufd/engine.ts';
 import { GlobalPasidAllocator, type PasidCapable } from './ioasid/global-pasid.ts';
 import { IoasidCore, type IoasidProfile } from './ioasid/ioasid.ts';
 import { IommuPasidApi } from './ioasid/pasid.ts';
+import { IntelIommuDriver } from './iommu/intel.ts';
+import { IommufdHost } from './iommufd/engine.ts';
+import { PhysMem } from './iommufd/process.ts';
 import { defaultMachineConfig, type MachineConfig } from './machine-config.ts';
 
 export interface MachineOptions {
@@ -59,14 +61,45 @@ export class Machine {
   }
 
   private iommufdHost: IommufdHost | undefined;
+  private intelDriver: IntelIommuDriver | undefined;
 
   /**
    * The kernel side of /dev/iommu and the VFIO device files on this host (made on first use:
-   * most machines never open them). Processes (src/iommufd/process.ts) run on it.
+   * most machines never open them). Processes (src/iommufd/process.ts) run on it. Making it
+   * boots the kernel's IOMMU side: the Intel VT-d driver takes the machine's VT-d units over
+   * (from then on they belong to the kernel) and probes every device; /dev/vfio/devices/vfioN
+   * is the machine's device N through that driver. User pages and the driver's tables come
+   * from one pool in the machine's physical memory, so device DMA reaches user memory.
    */
   get iommufd(): IommufdHost {
-    this.iommufdHost ??= new IommufdHost({ faults: this.faults });
+    if (this.iommufdHost === undefined) {
+      const phys = new PhysMem(this.hw.memory);
+      const intel = new IntelIommuDriver({
+        platform: this.hw,
+        frames: phys,
+        faults: this.faults,
+        tracer: this.tracerFn,
+      });
+      const err = intel.init();
+      if (err) throw new Error(`intel_iommu_init failed: ${err.message}`);
+      this.intelDriver = intel;
+      this.iommufdHost = new IommufdHost({
+        faults: this.faults,
+        phys,
+        devices: intel.devices,
+        checkInvariants: () => {
+          intel.checkInvariants();
+          this.hw.checkInvariants();
+        },
+      });
+    }
     return this.iommufdHost;
+  }
+
+  /** The Intel IOMMU driver (booted with the iommufd host). */
+  get intel(): IntelIommuDriver {
+    void this.iommufd;
+    return this.intelDriver!;
   }
 
   get tracer(): Tracer | null {
@@ -78,6 +111,7 @@ export class Machine {
     this.ioasid.tracer = t;
     this.globalPasid.tracer = t;
     this.hw.setTracer(t);
+    if (this.intelDriver) this.intelDriver.tracer = t;
   }
 
   device(bdf: string): MachineDevice | undefined {
@@ -90,6 +124,7 @@ export class Machine {
     const g = this.globalPasid.checkInvariants();
     if (g !== undefined) throw new InvariantError(`global PASID: ${g}`);
     this.hw.checkInvariants();
+    this.intelDriver?.checkInvariants();
     this.iommufdHost?.checkInvariants();
   }
 }
