@@ -3,47 +3,69 @@
 // require. It drives the project's own client (client.ts) and prints one JSON line with the
 // timed figure: {"ops":N,"seconds":S}. Each run is preceded by an untimed warm-up.
 //
-//   node --import tsx src/server/bench-client.ts rtt SOCKET ITERATIONS WARMUP
-//   node --import tsx src/server/bench-client.ts pipelined SOCKET ITERATIONS WARMUP CLIENTS INFLIGHT
+//   node --import tsx src/server/bench-client.ts rtt SOCKET ITERATIONS WARMUP 1 1 [ioas|null]
+//   node --import tsx src/server/bench-client.ts pipelined SOCKET ITERATIONS WARMUP CLIENTS INFLIGHT [ioas|null]
 //
-// One iteration is IOMMU_IOAS_ALLOC then IOMMU_DESTROY of the new IOAS: two operations.
+// One iteration is IOMMU_IOAS_ALLOC then IOMMU_DESTROY of the new IOAS: two operations. With
+// `null` it is two VFIO_GET_API_VERSION calls instead, ioctls that do next to nothing: the
+// figure is then that of the wire layer alone (framing, sockets, both event loops).
 
+import { IOCTLS } from '../iommufd/uapi/index.ts';
 import { PasidkitClient } from './client.ts';
 
-async function rtt(c: PasidkitClient, fd: number, n: number): Promise<void> {
-  for (let i = 0; i < n; i++) {
-    const id = await c.ioasAlloc(fd);
-    await c.destroy(fd, id);
-  }
-}
+type Iteration = (c: PasidkitClient, fd: number) => Promise<void>;
+
+const ioasIteration: Iteration = async (c, fd) => {
+  const id = await c.ioasAlloc(fd);
+  await c.destroy(fd, id);
+};
+
+const GET_API_VERSION = IOCTLS.VFIO_GET_API_VERSION.cmd;
+const nullIteration: Iteration = async (c, fd) => {
+  await c.ioctlValue(fd, GET_API_VERSION, 0);
+  await c.ioctlValue(fd, GET_API_VERSION, 0);
+};
 
 /** `inflight` workers share `n` iterations; each has one request outstanding at a time. */
-async function pipelined(c: PasidkitClient, fd: number, n: number, inflight: number): Promise<void> {
+async function drive(
+  c: PasidkitClient,
+  fd: number,
+  n: number,
+  inflight: number,
+  it: Iteration,
+): Promise<void> {
   let left = n;
   const worker = async () => {
     while (left > 0) {
       left--;
-      const id = await c.ioasAlloc(fd);
-      await c.destroy(fd, id);
+      await it(c, fd);
     }
   };
   await Promise.all(Array.from({ length: inflight }, worker));
 }
 
 async function main(argv: string[]): Promise<void> {
-  const [mode, socket, itersArg, warmArg, clientsArg, inflightArg] = argv;
+  const [mode, socket, itersArg, warmArg, clientsArg, inflightArg, opArg] = argv;
   const iterations = Number(itersArg);
   const warmup = Number(warmArg);
-  if ((mode !== 'rtt' && mode !== 'pipelined') || !socket || !(iterations > 0) || !(warmup >= 0))
-    throw new Error('usage: bench-client.ts rtt|pipelined SOCKET ITERATIONS WARMUP [CLIENTS INFLIGHT]');
   const nClients = mode === 'rtt' ? 1 : Number(clientsArg);
   const inflight = mode === 'rtt' ? 1 : Number(inflightArg);
+  const op = opArg ?? 'ioas';
+  if (
+    (mode !== 'rtt' && mode !== 'pipelined') ||
+    !socket ||
+    !(iterations > 0) ||
+    !(warmup >= 0) ||
+    !(nClients > 0 && inflight > 0) ||
+    (op !== 'ioas' && op !== 'null')
+  )
+    throw new Error(
+      'usage: bench-client.ts rtt|pipelined SOCKET ITERATIONS WARMUP CLIENTS INFLIGHT [ioas|null]',
+    );
+  const it = op === 'ioas' ? ioasIteration : nullIteration;
   const clients = await Promise.all(Array.from({ length: nClients }, () => PasidkitClient.connect(socket)));
   const fds = await Promise.all(clients.map((c) => c.open('/dev/iommu')));
-  const run = (n: number) =>
-    Promise.all(
-      clients.map((c, i) => (mode === 'rtt' ? rtt(c, fds[i]!, n) : pipelined(c, fds[i]!, n, inflight))),
-    );
+  const run = (n: number) => Promise.all(clients.map((c, i) => drive(c, fds[i]!, n, inflight, it)));
   await run(warmup);
   const t0 = performance.now();
   await run(iterations);

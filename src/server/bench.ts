@@ -193,18 +193,27 @@ export async function benchWireRttRedis(
 // ---- the workloads -----------------------------------------------------------------------------
 
 /**
- * wire-rtt. When Redis is available the anchor runs just before the timed run, and the line
- * carries the ratio of the two per-operation latencies (the target is at most 1.2).
+ * wire-rtt. When Redis is available the anchor runs just before the timed run, with as many
+ * requests as the workload has operations, and the line carries the ratio of the two
+ * per-operation latencies (the target is at most 1.2). `wireOnlyUsPerOp` is the same loop with
+ * ioctls that do next to nothing: the latency of the wire layer alone, without the engine.
  */
 export async function benchWireRtt(
-  opts: { iterations?: number; warmup?: number; anchor?: boolean } = {},
+  opts: { iterations?: number; warmup?: number; anchor?: boolean; wireOnly?: boolean } = {},
 ): Promise<WireBenchResult> {
   const iterations = opts.iterations ?? 100_000;
   const warmup = opts.warmup ?? 20_000;
   redisLine = null;
-  const anchor = (opts.anchor ?? true) ? await benchWireRttRedis() : null;
-  const r = await withServer((path) => runClient(['rtt', path, String(iterations), String(warmup)]));
+  const anchor = (opts.anchor ?? true) ? await benchWireRttRedis({ requests: 2 * iterations }) : null;
+  const args = (op: string) => ['rtt', '', String(iterations), String(warmup), '1', '1', op];
+  const { r, base } = await withServer(async (path) => {
+    const run = (op: string) => runClient(args(op).map((a, i) => (i === 1 ? path : a)));
+    const r = await run('ioas');
+    const base = (opts.wireOnly ?? true) ? await run('null') : null;
+    return { r, base };
+  });
   const extra: Record<string, unknown> = {};
+  if (base) extra['wireOnlyUsPerOp'] = Number(((base.seconds * 1e6) / base.ops).toFixed(2));
   if (anchor?.usPerOp !== undefined) {
     extra['redisUsPerOp'] = anchor.usPerOp;
     extra['ratioToRedis'] = Number(((r.seconds * 1e6) / r.ops / anchor.usPerOp).toFixed(3));
@@ -217,16 +226,39 @@ export async function benchWireRttAnchor(): Promise<WireBenchResult> {
   return redisLine ?? (await benchWireRttRedis());
 }
 
-/** wire-pipelined: 8 clients, up to 32 in flight each, 200,000 operations each. */
+/**
+ * wire-pipelined: 8 clients, up to 32 in flight each, 200,000 operations each.
+ * `wireOnlyOpsPerSec` is the same run with ioctls that do next to nothing.
+ */
 export async function benchWirePipelined(
-  opts: { clients?: number; inflight?: number; iterations?: number; warmup?: number } = {},
+  opts: {
+    clients?: number;
+    inflight?: number;
+    iterations?: number;
+    warmup?: number;
+    wireOnly?: boolean;
+  } = {},
 ): Promise<WireBenchResult> {
   const clients = opts.clients ?? 8;
   const inflight = opts.inflight ?? 32;
   const iterations = opts.iterations ?? 100_000;
   const warmup = opts.warmup ?? 10_000;
-  const r = await withServer((path) =>
-    runClient(['pipelined', path, String(iterations), String(warmup), String(clients), String(inflight)]),
-  );
-  return line('wire-pipelined', r.ops, r.seconds, { clients, inflight });
+  const { r, base } = await withServer(async (path) => {
+    const run = (op: string) =>
+      runClient([
+        'pipelined',
+        path,
+        String(iterations),
+        String(warmup),
+        String(clients),
+        String(inflight),
+        op,
+      ]);
+    const r = await run('ioas');
+    const base = (opts.wireOnly ?? true) ? await run('null') : null;
+    return { r, base };
+  });
+  const extra: Record<string, unknown> = { clients, inflight };
+  if (base) extra['wireOnlyOpsPerSec'] = Math.round(base.ops / base.seconds);
+  return line('wire-pipelined', r.ops, r.seconds, extra);
 }
