@@ -10,8 +10,13 @@
 //
 // The anchor of `wire-rtt` is Redis: `redis-benchmark -t ping_mbulk -c 1 -P 1` over a Unix
 // socket, against a redis-server this module starts on a temporary socket and stops, in the
-// same run. Without Redis on the machine (as root with apt-get, it is installed from Debian's
-// packages first) the anchor line says why it is missing instead of a figure.
+// same run, interleaved with the timed parts of wire-rtt (see benchWireRtt). Without Redis on
+// the machine (as root with apt-get, it is installed from Debian's packages first) the anchor
+// line says why it is missing instead of a figure.
+//
+// Both lines also give the figure of the wire layer alone (`wireOnly...`): the same clients
+// with ioctls that do next to nothing, which separates the cost of framing, sockets and event
+// loops from the cost of the ioctls in the engine.
 
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -131,58 +136,38 @@ function ensureRedis(mayInstall: boolean): string | null {
 
 let redisLine: WireBenchResult | null = null;
 
-/**
- * The anchor: redis-benchmark PING_MBULK, one connection, no pipelining, over a Unix socket to
- * a redis-server started for it. 100,000 requests.
- */
-export async function benchWireRttRedis(
-  opts: { requests?: number; install?: boolean } = {},
-): Promise<WireBenchResult> {
-  const requests = opts.requests ?? 100_000;
-  const missing = ensureRedis(opts.install ?? true);
+/** Runs `fn` with a redis-server listening on a temporary Unix socket (null: no Redis). */
+async function withRedis<T>(
+  mayInstall: boolean,
+  fn: (sock: string | null, missing: string) => Promise<T>,
+): Promise<T> {
+  const missing = ensureRedis(mayInstall);
   if (missing !== null) {
     process.stderr.write(`bench: wire-rtt anchor skipped: ${missing}\n`);
-    return { workload: 'wire-rtt', impl: 'redis-ping', skipped: missing };
+    return fn(null, missing);
   }
   const { dir, cleanup } = tempDir();
   const sock = join(dir, 'redis.sock');
-  const server = spawn(
-    'redis-server',
-    [
-      '--port',
-      '0',
-      '--unixsocket',
-      sock,
-      '--unixsocketperm',
-      '700',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-      '--dir',
-      dir,
-    ],
-    { stdio: 'ignore' },
-  );
+  const args = [
+    '--port',
+    '0',
+    '--unixsocket',
+    sock,
+    '--unixsocketperm',
+    '700',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+  ];
+  const server = spawn('redis-server', [...args, '--dir', dir], { stdio: 'ignore' });
   try {
     const deadline = Date.now() + 10_000;
     while (!existsSync(sock)) {
       if (Date.now() > deadline) throw new Error('redis-server did not start');
       await new Promise((r) => setTimeout(r, 20));
     }
-    const csv = execFileSync(
-      'redis-benchmark',
-      ['-s', sock, '-t', 'ping_mbulk', '-c', '1', '-P', '1', '-n', String(requests), '--csv'],
-      { encoding: 'utf8', timeout: 300_000 },
-    );
-    const row = csv
-      .split('\n')
-      .map((l) => l.split(',').map((f) => f.replace(/"/g, '')))
-      .find((f) => f[0] === 'PING_MBULK');
-    const rps = Number(row?.[1]);
-    if (!(rps > 0)) throw new Error(`unexpected redis-benchmark output: ${csv}`);
-    redisLine = line('wire-rtt', requests, requests / rps, { impl: 'redis-ping' });
-    return redisLine;
+    return await fn(sock, '');
   } finally {
     server.kill('SIGTERM');
     await new Promise((r) => server.once('exit', r));
@@ -190,35 +175,87 @@ export async function benchWireRttRedis(
   }
 }
 
+/** redis-benchmark PING_MBULK, one connection, no pipelining: the seconds `requests` took. */
+function redisPing(sock: string, requests: number): number {
+  const csv = execFileSync(
+    'redis-benchmark',
+    ['-s', sock, '-t', 'ping_mbulk', '-c', '1', '-P', '1', '-n', String(requests), '--csv'],
+    { encoding: 'utf8', timeout: 300_000 },
+  );
+  const row = csv
+    .split('\n')
+    .map((l) => l.split(',').map((f) => f.replace(/"/g, '')))
+    .find((f) => f[0] === 'PING_MBULK');
+  const rps = Number(row?.[1]);
+  if (!(rps > 0)) throw new Error(`unexpected redis-benchmark output: ${csv}`);
+  return requests / rps;
+}
+
+const skippedAnchor = (why: string): WireBenchResult => ({
+  workload: 'wire-rtt',
+  impl: 'redis-ping',
+  skipped: why,
+});
+
+/**
+ * The anchor alone: redis-benchmark PING_MBULK, one connection, no pipelining, over a Unix
+ * socket to a redis-server started for it.
+ */
+export async function benchWireRttRedis(
+  opts: { requests?: number; install?: boolean } = {},
+): Promise<WireBenchResult> {
+  const requests = opts.requests ?? 200_000;
+  return withRedis(opts.install ?? true, async (sock, missing) =>
+    sock === null
+      ? skippedAnchor(missing)
+      : line('wire-rtt', requests, redisPing(sock, requests), { impl: 'redis-ping' }),
+  );
+}
+
 // ---- the workloads -----------------------------------------------------------------------------
 
 /**
- * wire-rtt. When Redis is available the anchor runs just before the timed run, with as many
- * requests as the workload has operations, and the line carries the ratio of the two
- * per-operation latencies (the target is at most 1.2). `wireOnlyUsPerOp` is the same loop with
- * ioctls that do next to nothing: the latency of the wire layer alone, without the engine.
+ * wire-rtt, with its anchor measured in the same run. The shared machines' load drifts by the
+ * second, so the 100,000 timed iterations run in `rounds` parts, each right after a Redis part
+ * of as many requests as that part has operations; both figures are the sums of their parts
+ * (each client part is a fresh client process that warms up untimed first). The line carries
+ * the ratio of the per-operation latencies (the target is at most 1.2), and `wireOnlyUsPerOp`,
+ * the same loop with ioctls that do next to nothing: the wire layer without the engine.
  */
 export async function benchWireRtt(
-  opts: { iterations?: number; warmup?: number; anchor?: boolean; wireOnly?: boolean } = {},
+  opts: { iterations?: number; warmup?: number; rounds?: number; anchor?: boolean; wireOnly?: boolean } = {},
 ): Promise<WireBenchResult> {
   const iterations = opts.iterations ?? 100_000;
-  const warmup = opts.warmup ?? 20_000;
+  const warmup = opts.warmup ?? 10_000;
+  const rounds = Math.max(1, Math.min(opts.rounds ?? 5, iterations));
   redisLine = null;
-  const anchor = (opts.anchor ?? true) ? await benchWireRttRedis({ requests: 2 * iterations }) : null;
-  const args = (op: string) => ['rtt', '', String(iterations), String(warmup), '1', '1', op];
-  const { r, base } = await withServer(async (path) => {
-    const run = (op: string) => runClient(args(op).map((a, i) => (i === 1 ? path : a)));
-    const r = await run('ioas');
-    const base = (opts.wireOnly ?? true) ? await run('null') : null;
-    return { r, base };
-  });
-  const extra: Record<string, unknown> = {};
-  if (base) extra['wireOnlyUsPerOp'] = Number(((base.seconds * 1e6) / base.ops).toFixed(2));
-  if (anchor?.usPerOp !== undefined) {
-    extra['redisUsPerOp'] = anchor.usPerOp;
-    extra['ratioToRedis'] = Number(((r.seconds * 1e6) / r.ops / anchor.usPerOp).toFixed(3));
-  }
-  return line('wire-rtt', r.ops, r.seconds, extra);
+  const anchor = opts.anchor ?? true;
+  const body = (sock: string | null, missing: string) =>
+    withServer(async (path) => {
+      let ours = { ops: 0, seconds: 0 };
+      const redis = { ops: 0, seconds: 0 };
+      for (let i = 0; i < rounds; i++) {
+        const n = Math.floor(iterations / rounds) + (i < iterations % rounds ? 1 : 0);
+        if (sock !== null) {
+          redis.seconds += redisPing(sock, 2 * n);
+          redis.ops += 2 * n;
+        }
+        const r = await runClient(['rtt', path, String(n), String(warmup), '1', '1', 'ioas']);
+        ours = { ops: ours.ops + r.ops, seconds: ours.seconds + r.seconds };
+      }
+      const extra: Record<string, unknown> = {};
+      if (opts.wireOnly ?? true) {
+        const base = await runClient(['rtt', path, String(iterations), String(warmup), '1', '1', 'null']);
+        extra['wireOnlyUsPerOp'] = Number(((base.seconds * 1e6) / base.ops).toFixed(2));
+      }
+      if (sock !== null) {
+        redisLine = line('wire-rtt', redis.ops, redis.seconds, { impl: 'redis-ping' });
+        extra['redisUsPerOp'] = redisLine.usPerOp;
+        extra['ratioToRedis'] = Number((ours.seconds / ours.ops / (redis.seconds / redis.ops)).toFixed(3));
+      } else if (anchor) redisLine = skippedAnchor(missing);
+      return line('wire-rtt', ours.ops, ours.seconds, { ...extra, rounds });
+    });
+  return anchor ? withRedis(true, body) : body(null, '');
 }
 
 /** The anchor line for the bench table: the Redis figure of the last wire-rtt run (or a new one). */
