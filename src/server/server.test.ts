@@ -315,6 +315,28 @@ describe('ops', () => {
 });
 
 describe('connections', () => {
+  test("--unprivileged: each connection is charged for its own pins, not for the others'", async () => {
+    const t = await startServer({ privileged: false });
+    const pin = async (c: PasidkitClient, bytes: number) => {
+      const fd = await c.open('/dev/iommu');
+      const ioas = await c.ioasAlloc(fd);
+      await c.testMockDomain(fd, ioas);
+      const va = await c.mmap(bytes, RW, MAP_SHARED | MAP_ANONYMOUS);
+      return c.ioasMap(fd, { ioasId: ioas, userVa: va, length: bytes });
+    };
+    // RLIMIT_MEMLOCK is 8 MiB: 6 MiB each is fine for two users, not for one.
+    const a = await PasidkitClient.connect(t.path);
+    const b = await PasidkitClient.connect(t.path);
+    await pin(a, 6 << 20);
+    await pin(b, 6 << 20);
+    await assert.rejects(pin(a, 4 << 20), (e: KernelError) => e.code === 'ENOMEM');
+    await a.end();
+    await b.end();
+    await until(() => t.server.connections === 0);
+    assert.deepEqual(hostUsage(t.server.host), zeroUsage);
+    await t.stop();
+  });
+
   test('each connection is its own process: fds, object IDs and memory are separate', async () => {
     const t = await startServer();
     const a = await PasidkitClient.connect(t.path);

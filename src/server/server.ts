@@ -223,8 +223,19 @@ export class WireServer {
     this.log({ event: 'stopped' });
   }
 
+  // Unprivileged connections each run as a user of their own: Linux charges pinned memory to
+  // the user (user->locked_vm), and one client's pins must not count against another's
+  // RLIMIT_MEMLOCK. A uid is reused only after its connection is gone, when it holds nothing.
+  private readonly freeUids: number[] = [];
+  private nextUid = 1000;
+
+  takeUid(): number {
+    return this.freeUids.pop() ?? this.nextUid++;
+  }
+
   /** Called by a connection after its process exited: closed contexts leave the host's set. */
-  reap(): void {
+  reap(proc: Process): void {
+    if (!this.privileged) this.freeUids.push(proc.creds.uid);
     // IommufdHost.contexts keeps released contexts until a debug check prunes them; a
     // long-running server prunes them itself, or every connection would leave one behind.
     for (const ctx of this.host.contexts) if (ctx.closed) this.host.contexts.delete(ctx);
@@ -302,7 +313,9 @@ class Connection {
     this.id = id;
     this.maxFrame = srv.maxFrame;
     this.verbose = srv.verbose;
-    this.proc = srv.host.spawn({ privileged: srv.privileged });
+    this.proc = srv.host.spawn(
+      srv.privileged ? { privileged: true } : { privileged: false, uid: srv.takeUid() },
+    );
     const peer = socket.remoteAddress !== undefined ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
     srv.log({ event: 'connect', conn: id, pid: this.proc.pid, peer });
     this.closed = new Promise((resolve) => {
@@ -717,7 +730,7 @@ class Connection {
       error = e instanceof Error ? (e.stack ?? e.message) : String(e);
       this.srv.log({ event: 'internal-error', conn: this.id, op: 'exit', error });
     }
-    this.srv.reap();
+    this.srv.reap(this.proc);
     this.srv.log({
       event: 'disconnect',
       conn: this.id,
