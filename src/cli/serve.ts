@@ -171,6 +171,8 @@ export async function cmdServe(args: string[]): Promise<number> {
     console.log(SERVE_HELP);
     return 0;
   }
+  // The log is best effort: a reader of stderr that goes away must not take the server down.
+  process.stderr.on('error', () => {});
   let server: WireServer;
   try {
     const machine = cfg.machineFile === null ? null : loadMachineFile(cfg.machineFile);

@@ -34,7 +34,6 @@ import {
   MAP_PRIVATE,
   MIN_LENGTH,
   OP,
-  OP_NAMES,
   PROT_READ,
   PROT_WRITE,
   REQUEST_HEADER,
@@ -766,5 +765,5 @@ const DESTROY_ID = offsetof(STRUCTS.iommu_destroy, 'id');
 const IOAS_ALLOC_ARG = build(STRUCTS.iommu_ioas_alloc);
 const OUT_IOAS_ID = offsetof(STRUCTS.iommu_ioas_alloc, 'out_ioas_id');
 
-/** The op names, for messages. */
-export { OP, OP_NAMES };
+// The op numbers, and the mmap values a caller passes to mmap().
+export { MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, OP, OP_NAMES, PROT_READ, PROT_WRITE } from './protocol.ts';
