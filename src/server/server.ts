@@ -75,7 +75,7 @@ const MFD_NAME_MAX_LEN = 249;
 const PAGE_SIZE = 4096;
 /** Stop executing frames while this much of a connection's output is waiting for the socket. */
 const OUT_HIGH_WATER = 4 * 1024 * 1024;
-const OUT_INITIAL = 64 * 1024;
+const OUT_INITIAL = 16 * 1024;
 /** Replies up to this size are copied out of the scratch buffer (from Node's small-buffer pool). */
 const OUT_COPY_MAX = 16 * 1024;
 /** A partial-frame buffer bigger than this is dropped once empty, so idle connections stay small. */
@@ -366,24 +366,26 @@ class Connection {
 
   /** Copies b[from, to) to the (empty) pending buffer. */
   private keep(b: Buffer, from: number, to: number): void {
-    this.ensurePend(to - from, to - from >= 4 ? b.readUInt32LE(from) + 4 : 0);
+    this.ensurePend(to - from);
     b.copy(this.pend, 0, from, to);
     this.pendLen = to - from;
   }
 
   private append(chunk: Buffer): void {
-    this.ensurePend(this.pendLen + chunk.length, this.pendLen >= 4 ? this.pend.readUInt32LE(0) + 4 : 0);
+    this.ensurePend(this.pendLen + chunk.length);
     chunk.copy(this.pend, this.pendLen);
     this.pendLen += chunk.length;
   }
 
-  /** Room for `n` bytes; `frame` is the size of the frame at the front, when known. */
-  private ensurePend(n: number, frame: number): void {
+  /**
+   * Room for `n` bytes. The buffer doubles as bytes arrive (each byte is copied about twice at
+   * most) rather than trusting a frame's announced length: four bytes must not make the server
+   * reserve 16 MiB for a client that may never send them.
+   */
+  private ensurePend(n: number): void {
     if (this.pend.length >= n) return;
     let cap = Math.max(this.pend.length * 2, 4096);
     while (cap < n) cap *= 2;
-    // A frame announces its length: room for all of it at once, so it is copied only once.
-    if (frame > cap && frame <= this.maxFrame + 4) cap = frame;
     const nb = Buffer.allocUnsafe(cap);
     this.pend.copy(nb, 0, 0, this.pendLen);
     this.pend = nb;
@@ -525,7 +527,8 @@ class Connection {
         const request = b.readUInt32LE(p);
         // A copy with its own ArrayBuffer: the engine may view it by .buffer, and it must not
         // alias the connection's receive buffer.
-        const arg = new Uint8Array(b.subarray(p + 4, pe));
+        const arg = new Uint8Array(n - 4);
+        b.copy(arg, 0, p + 4, pe);
         this.payload = arg;
         if (this.wouldExceedFiles(request, arg)) return -E.EMFILE;
         const r = ioctl(proc, fd, request, arg);
