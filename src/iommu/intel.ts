@@ -1453,64 +1453,73 @@ export class IntelIommuDriver implements IommuDriver {
     for (const u of this.units) this.checkIotlb(u);
   }
 
-  /** The translation the driver's current state gives for (info, pasid, 4 KiB page). */
+  /**
+   * The translation the driver's current state gives for (info, pasid, 4 KiB page): the
+   * output (-1: not mapped) and whether it is writable; for a nested domain also the newest
+   * write sequence number of the guest's stage-1 table pages read on the way (the guest owns
+   * them: a translation cached before the guest changed them may stay until the guest
+   * invalidates through IOMMU_HWPT_INVALIDATE).
+   */
   expectedTranslation(
     info: DeviceDomainInfo,
     pasid: number,
     page: number,
-  ): { hpa: number; write: boolean } | null {
+  ): { hpa: number; write: boolean; guestSeq: number } {
+    const none = { hpa: -1, write: false, guestSeq: 0 };
     let domain: IommuDomain | null = null;
     let identity = false;
     const g = this.devices.find((x) => this.info(x) === info)!.group;
     if (pasid === IOMMU_NO_PASID) {
-      if (!info.domainAttached) return null;
+      if (!info.domainAttached) return none;
       if (info.domain) domain = (info.domain as DmarDomain).domain;
       else identity = true;
     } else {
       const e = g.pasidArray.get(pasid);
-      if (!e) return null;
+      if (!e || e.domain.type === 'blocked') return none;
       if (e.domain.type === 'identity') identity = true;
       else domain = e.domain;
     }
-    if (identity) return { hpa: page * 4096, write: true };
+    if (identity) return { hpa: page * 4096, write: true, guestSeq: 0 };
     const d = dmar(domain!);
     if (d.kind !== 'nested') {
       const pa = d.pt!.iovaToPhys(page * 4096);
-      if (pa < 0) return null;
+      if (pa < 0) return none;
       const loc = d.pt!.pfnToDmaPte(page, 0, false);
-      return { hpa: pa, write: (d.pt!.lo(loc) & DMA_PTE_WRITE) !== 0 };
+      return { hpa: pa, write: (d.pt!.lo(loc) & DMA_PTE_WRITE) !== 0, guestSeq: 0 };
     }
     return this.nestedTranslation(d, page * 4096);
   }
 
   /** GVA -> HPA through a nested domain's guest stage 1 and its parent (for the checker). */
-  private nestedTranslation(d: DmarDomain, gva: number): { hpa: number; write: boolean } | null {
+  private nestedTranslation(d: DmarDomain, gva: number): { hpa: number; write: boolean; guestSeq: number } {
     const s2 = d.s2!.pt!;
     const mem = s2.mem;
     const levels = d.s1Cfg!.addrWidth === ADDR_WIDTH_5LEVEL ? 5 : 4;
     let tableGpa = Number(d.s1Cfg!.pgtblAddr & ~0xfffn);
     let write = true;
+    let guestSeq = 0;
     for (let lvl = levels; lvl >= 1; lvl--) {
       const tableHpa = s2.iovaToPhys(tableGpa);
-      if (tableHpa < 0) return null;
+      if (tableHpa < 0) return { hpa: -1, write: false, guestSeq };
+      guestSeq = Math.max(guestSeq, mem.frameSeq(Math.floor(tableHpa / 4096)));
       const idx = Math.floor(gva / 2 ** (12 + 9 * (lvl - 1))) % 512;
       const lo = mem.readLo(tableHpa + idx * 8);
       const hi = mem.readHi(tableHpa + idx * 8);
-      if ((lo & 1) === 0) return null;
+      if ((lo & 1) === 0) return { hpa: -1, write: false, guestSeq };
       if ((lo & 2) === 0) write = false;
       const addr = DmaPgtable.frameOf(lo, hi) * 4096;
       if (lvl === 1 || (lo & 0x80) !== 0) {
         const span = 2 ** (12 + 9 * (lvl - 1));
         const gpa = addr - (addr % span) + (gva % span);
         const hpa = s2.iovaToPhys(gpa);
-        if (hpa < 0) return null;
+        if (hpa < 0) return { hpa: -1, write: false, guestSeq };
         const loc = s2.pfnToDmaPte(Math.floor(gpa / 4096), 0, false);
         if ((s2.lo(loc) & DMA_PTE_WRITE) === 0) write = false;
-        return { hpa, write };
+        return { hpa, write, guestSeq };
       }
       tableGpa = addr;
     }
-    return null;
+    return { hpa: -1, write: false, guestSeq };
   }
 
   /** No IOTLB entry of this driver's devices disagrees with the driver's tables. */
@@ -1527,7 +1536,8 @@ export class IntelIommuDriver implements IommuDriver {
       const first = t.firstPage(h);
       const where = `${u.name}: IOTLB entry of ${info.pci.bdf} PASID ${pasid} page 0x${(first * 4096).toString(16)}`;
       const exp = this.expectedTranslation(info, pasid, first);
-      if (exp === null)
+      if (exp.guestSeq > t.seq[h]!) continue; // the guest changed its stage 1 since: the guest invalidates
+      if (exp.hpa < 0)
         throw new InvariantError(
           `invariant violated: ${where} is cached but the driver no longer maps it (stale)`,
         );
