@@ -226,8 +226,8 @@ export async function benchWireRtt(
   opts: { iterations?: number; warmup?: number; rounds?: number; anchor?: boolean; wireOnly?: boolean } = {},
 ): Promise<WireBenchResult> {
   const iterations = opts.iterations ?? 100_000;
-  const warmup = opts.warmup ?? 10_000;
-  const rounds = Math.max(1, Math.min(opts.rounds ?? 5, iterations));
+  const warmup = opts.warmup ?? 5_000;
+  const rounds = Math.max(1, Math.min(opts.rounds ?? 10, iterations));
   redisLine = null;
   const anchor = opts.anchor ?? true;
   const body = (sock: string | null, missing: string) =>
