@@ -17,7 +17,8 @@
 //   device-TLB, and the entry cleared (intel_pasid_tear_down_entry).
 //
 // A PASID-table page that cannot be allocated makes the operation fail with -ENODEV, as
-// intel_pasid_get_entry's NULL does.
+// intel_pasid_get_entry's NULL does. Units without scalable mode use the legacy context entries
+// at the end of this file (they live in iommu.c in the kernel).
 
 import { type KernelError, kerr } from '../core/errno.ts';
 import type { FaultInjector } from '../core/fault.ts';
@@ -663,6 +664,57 @@ export function intelPasidTeardownSmContext(info: DeviceDomainInfo, faults: Faul
   const ce = iommuContextAddr(iommu, info.sid, false, faults);
   if (ce < 0) return;
   const did = (iommu.mem.read32(ce + 8) >>> 8) & 0xffff; // context_domain_id (legacy layout)
+  iommu.mem.write64(ce, 0, 0);
+  iommu.mem.write64(ce + 8, 0, 0);
+  intelContextFlushNoPasid(info, did);
+}
+
+// ---- legacy-mode context entries (no scalable mode: iommu.c domain_context_mapping_one,
+// context_setup_pass_through, domain_context_clear_one) ----
+
+export const CONTEXT_TT_MULTI_LEVEL = 0;
+export const CONTEXT_TT_DEV_IOTLB = 1;
+export const CONTEXT_TT_PASS_THROUGH = 2;
+
+/** context_present_cache_flush: after a not-present -> present context entry. */
+function contextPresentCacheFlush(iommu: IntelIommu, did: number, sid: number): void {
+  if (iommu.c.cm) {
+    iommu.flushContext(0, sid, DMA_CCMD_MASK_NOBIT, DMA_CCMD_DEVICE_INVL);
+    iommu.flushIotlb(did, 0, 0, 0, DMA_TLB_DSI_FLUSH);
+  } else iommu.flushWriteBuffer();
+}
+
+/**
+ * A legacy context entry for the device (domain_context_mapping_one / context_setup_pass_through):
+ * DID, the second-level root (not for pass-through), AW, TT, fault processing on, present.
+ * Nothing is done if the entry is present already.
+ */
+export function legacyContextMap(
+  info: DeviceDomainInfo,
+  did: number,
+  slptFn: number,
+  aw: number,
+  tt: number,
+  faults: FaultInjector,
+): KernelError | undefined {
+  const iommu = info.iommu;
+  const ce = iommuContextAddr(iommu, info.sid, true, faults);
+  if (ce < 0) return kerr('ENOMEM', `no context table for ${info.pci.bdf}`);
+  const mem = iommu.mem;
+  if (mem.read32(ce) & 1) return undefined;
+  const lo = ((slptFn % 1048576) * 4096 + ((tt & 3) << 2) + 1) >>> 0;
+  mem.write64(ce + 8, ((aw & 7) | ((did & 0xffff) << 8)) >>> 0, 0);
+  mem.write64(ce, lo, Math.floor(slptFn / 1048576));
+  contextPresentCacheFlush(iommu, did, info.sid);
+  return undefined;
+}
+
+/** domain_context_clear_one: the legacy context entry goes, then its caches. */
+export function legacyContextClear(info: DeviceDomainInfo, faults: FaultInjector): void {
+  const iommu = info.iommu;
+  const ce = iommuContextAddr(iommu, info.sid, false, faults);
+  if (ce < 0) return;
+  const did = (iommu.mem.read32(ce + 8) >>> 8) & 0xffff;
   iommu.mem.write64(ce, 0, 0);
   iommu.mem.write64(ce + 8, 0, 0);
   intelContextFlushNoPasid(info, did);

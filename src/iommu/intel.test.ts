@@ -780,6 +780,67 @@ describe('identity and blocked domains (the core API on the driver)', () => {
   });
 });
 
+describe('legacy mode (a unit without scalable mode)', () => {
+  test('context entries carry the second-level table; no PASIDs, no nesting; faults in legacy codes', () => {
+    const h = new Host({
+      vtd: { ecap: buildCapRegisters(DEFAULT_VTD).ecap & ~ECAP.SMTS },
+      devices: [dev('00:02.0'), dev('00:03.0', { ats: true })],
+    });
+    const u = h.unit().unit;
+    assert.equal((u.mmioRead(0x20, 8) as bigint) & 0xc00n, 0n, 'RTADDR.TTM = legacy');
+    assert.equal((u.mmioRead(0x90, 8) as bigint) & 0x800n, 0n, '128-bit invalidation descriptors');
+    assert.deepEqual(
+      h.intel.devices.map((d) => d.maxPasids),
+      [0, 0],
+    );
+    const a = h.bind(0);
+    const b = h.bind(1);
+    const ioas = h.ioas();
+    const { va, bytes } = h.filled(8 * KiB, 8);
+    h.map(ioas, va, 8 * KiB, 0x30000);
+    assert.equal(h.attach(a.dfd, ioas).ret, 0);
+    assert.equal(h.attach(b.dfd, ioas).ret, 0);
+    const mem = h.m.hw.memory;
+    const ctx = (sid: number) => {
+      const re = mem.readU64(h.unit().rootFn * 4096 + (sid >>> 8) * 16);
+      return Number(re & ~0xfffn) + (sid & 0xff) * 16;
+    };
+    const d = h.intel.devices[0]!.group.domain.priv as DmarDomain;
+    const lo = mem.readU64(ctx(0x10));
+    assert.equal(lo & 1n, 1n);
+    assert.equal((lo >> 2n) & 3n, 0n, 'TT: multi-level');
+    assert.equal(lo & ~0xfffn, BigInt(d.pt!.pgd * 4096));
+    assert.equal((mem.readU64(ctx(0x18)) >> 2n) & 3n, 1n, 'TT: device-TLB allowed for the ATS device');
+    assert.equal((mem.readU64(ctx(0x10) + 8) >> 8n) & 0xffffn, BigInt(d.didOn(h.unit())));
+    assert.deepEqual(h.read(0, 0x30000, 8 * KiB), bytes);
+    assert.deepEqual(h.read(1, 0x31000, 64), bytes.subarray(4096, 4160));
+    assert.ok(h.m.devices[1]!.atcSize() > 0);
+    h.write(0, 0x30010, new Uint8Array([1, 2]));
+    assert.deepEqual(h.peek(va + 0x10, 2), new Uint8Array([1, 2]));
+    h.unmap(ioas, 0x30000, 8 * KiB);
+    assert.equal(h.m.devices[1]!.atcSize(), 0);
+    assert.equal(h.fault(0, 0x30000, 'read').reason, 0x06, 'legacy LGN.3: no read permission');
+    assert.equal(h.fault(1, 0x30000, 'write').reason, 0x05, 'legacy LGN.2: no write permission');
+    const hwpt = h.hwpt(a.devId, ioas, 0);
+    assert.equal(h.attach(a.dfd, hwpt, 1).errno, 'EINVAL', 'no PASIDs');
+    h.err('EOPNOTSUPP', 'IOMMU_HWPT_ALLOC', { flags: HWPT_ALLOC_NEST_PARENT, dev_id: a.devId, pt_id: ioas });
+    h.err('EOPNOTSUPP', 'IOMMU_HWPT_ALLOC', {
+      flags: HWPT_ALLOC_DIRTY_TRACKING,
+      dev_id: a.devId,
+      pt_id: ioas,
+    });
+    // pass-through in legacy mode: TT = 2
+    h.ok('VFIO_DEVICE_DETACH_IOMMUFD_PT', {}, a.dfd);
+    assert.equal(mem.readU64(ctx(0x10)) & 1n, 0n, 'detached: context entry cleared');
+    const dv = h.intel.devices[0]!;
+    assert.equal(iommuAttachGroup(h.intel.identityDomain, dv.group, null), undefined);
+    assert.equal((mem.readU64(ctx(0x10)) >> 2n) & 3n, 2n);
+    h.m.hw.memory.writeBytes(0x500000n, new Uint8Array([4, 5]));
+    assert.deepEqual(h.read(0, 0x500000, 2), new Uint8Array([4, 5]));
+    iommuDetachGroup(dv.group);
+  });
+});
+
 describe('ATS: the device-TLB is invalidated with the IOTLB', () => {
   test("unmap and replace drop the device's cached translations", () => {
     const h = new Host({ devices: [dev('00:02.0', { ats: true })] });

@@ -19,15 +19,19 @@
 //   (the replace helpers write the new entry over the old one; on failure the old entry
 //   stays), blocked and identity (pass-through) domains, nested domains from
 //   IOMMU_HWPT_DATA_VTD_S1 and their user invalidation, GET_HW_INFO, dirty tracking when the
-//   unit reports ECAP.SLADS (else EOPNOTSUPP), IOPF enablement rules.
+//   unit reports ECAP.SLADS (else EOPNOTSUPP), IOPF enablement rules; on a unit without
+//   scalable mode (ECAP.SMTS clear), legacy mode: context entries with the second-level table
+//   (or pass-through), no PASIDs, no nesting, 128-bit invalidation descriptors.
 //
 // Model decisions: a device's default domain is the blocking domain (no host driver does DMA
 // on this machine); the driver does not enable PRI (it does not service the page request
 // queue), so an IOPF-capable domain cannot be attached (-ENODEV, as for a device without
 // PRI); a map that fails part way (a table allocation) unrolls what it wrote, where the kernel
 // leaves those entries until the domain is freed; iova_to_phys answers -1 (the core's "not
-// mapped"), where the kernel answers 0. Nested domains flush with PASID-based IOTLB
-// invalidation (the fix "iommu/vt-d: Flush piotlb for SVM and Nested domain").
+// mapped"), where the kernel answers 0; a RID attach whose entry could not be programmed
+// does not unassign cache tags it never assigned (the kernel's device_block_translation would
+// drop a tag another device shares). Nested domains flush with PASID-based IOTLB invalidation
+// (the fix "iommu/vt-d: Flush piotlb for SVM and Nested domain").
 
 import { type KernelError, kerr } from '../core/errno.ts';
 import type { FaultInjector } from '../core/fault.ts';
@@ -61,6 +65,9 @@ import {
 } from './intel-dmar.ts';
 import {
   ADDR_WIDTH_5LEVEL,
+  CONTEXT_TT_DEV_IOTLB,
+  CONTEXT_TT_MULTI_LEVEL,
+  CONTEXT_TT_PASS_THROUGH,
   DeviceDomainInfo,
   IOMMU_NO_PASID,
   intelPasidAllocTable,
@@ -75,6 +82,8 @@ import {
   intelPasidSetupSecondLevel,
   intelPasidSetupSmContext,
   intelPasidTearDownEntry,
+  legacyContextClear,
+  legacyContextMap,
   PASID_FLAG_FL5LP,
   PASID_FLAG_PAGE_SNOOP,
   PASID_MAX,
@@ -994,13 +1003,28 @@ export class IntelIommuDriver implements IommuDriver {
     if (!info.domainAttached) return;
     const d = info.domain as DmarDomain | null;
     if (d) this.cacheTagUnassignDomain(d, info, IOMMU_NO_PASID);
-    invariant(info.iommu.sm, 'intel: legacy mode is not modelled');
-    intelPasidTearDownEntry(info, IOMMU_NO_PASID, false);
+    if (info.iommu.sm) intelPasidTearDownEntry(info, IOMMU_NO_PASID, false);
+    else this.domainContextClear(info);
     info.domainAttached = false;
     if (!d) return;
     d.devices.delete(info);
     this.domainDetachIommu(d, info.iommu);
     info.domain = null;
+  }
+
+  /** domain_context_clear (legacy mode): the context entry goes, and ATS is disabled. */
+  private domainContextClear(info: DeviceDomainInfo): void {
+    legacyContextClear(info, this.faults);
+    info.atsEnabled = false;
+  }
+
+  /** domain_context_mapping (legacy mode): a second-level context entry, then ATS on. */
+  private domainContextMapping(d: DmarDomain, info: DeviceDomainInfo): KernelError | undefined {
+    const tt = info.atsSupported ? CONTEXT_TT_DEV_IOTLB : CONTEXT_TT_MULTI_LEVEL;
+    const err = legacyContextMap(info, d.didOn(info.iommu), d.pt!.pgd, d.agaw, tt, this.faults);
+    if (err) return err;
+    if (info.atsSupported) info.atsEnabled = true;
+    return undefined;
   }
 
   /** domain_setup_first_level (with the replace form when `old` is given). */
@@ -1057,15 +1081,17 @@ export class IntelIommuDriver implements IommuDriver {
     info.domain = d;
     info.domainAttached = true;
     d.devices.add(info);
-    let err =
-      d.kind === 'fs'
+    let err = !iommu.sm
+      ? this.domainContextMapping(d, info)
+      : d.kind === 'fs'
         ? this.domainSetupFirstLevel(info, d, IOMMU_NO_PASID, null)
         : this.domainSetupSecondLevel(info, d, IOMMU_NO_PASID, null);
     if (!err) err = this.cacheTagAssignDomain(d, info, IOMMU_NO_PASID);
     if (err) {
       // out_block_translation (device_block_translation), minus the unassign of cache tags
       // this attach never assigned: the kernel's would drop another device's shared tag
-      intelPasidTearDownEntry(info, IOMMU_NO_PASID, false);
+      if (iommu.sm) intelPasidTearDownEntry(info, IOMMU_NO_PASID, false);
+      else this.domainContextClear(info);
       info.domainAttached = false;
       d.devices.delete(info);
       this.domainDetachIommu(d, iommu);
@@ -1101,8 +1127,10 @@ export class IntelIommuDriver implements IommuDriver {
   private identityDomainAttachDev(dev: IommuDevice): KernelError | undefined {
     const info = this.info(dev);
     this.deviceBlockTranslation(info);
-    invariant(info.iommu.sm, 'intel: legacy mode is not modelled');
-    const err = intelPasidSetupPassThrough(info, IOMMU_NO_PASID, this.faults);
+    const iommu = info.iommu;
+    const err = iommu.sm
+      ? intelPasidSetupPassThrough(info, IOMMU_NO_PASID, this.faults)
+      : legacyContextMap(info, FLPT_DEFAULT_DID, 0, iommu.msagaw, CONTEXT_TT_PASS_THROUGH, this.faults);
     if (!err) info.domainAttached = true;
     return err;
   }
