@@ -62,9 +62,9 @@ class Host {
   readonly p: Process;
   readonly fd: number;
   constructor(
-    o: { devices?: DeviceConfig[]; vtd?: Partial<VtdConfig>; memory?: bigint; faultsArmed?: boolean } = {},
+    o: { devices?: DeviceConfig[]; vtd?: Partial<VtdConfig>; memory?: bigint; config?: MachineConfig } = {},
   ) {
-    const config: MachineConfig = {
+    const config: MachineConfig = o.config ?? {
       iommus: [{ ...DEFAULT_VTD, ...o.vtd }],
       memory: o.memory ?? 256n * BigInt(MiB),
       devices: o.devices ?? [dev('00:02.0')],
@@ -777,6 +777,39 @@ describe('identity and blocked domains (the core API on the driver)', () => {
     assert.equal(h.fault(0, 0x300000, 'read').reason, 0x59);
     iommuDeviceReleaseDmaOwner(d);
     assert.ok(d instanceof IommuDevice);
+  });
+});
+
+describe('two units', () => {
+  test('one HWPT on devices behind different units: a domain ID on each, unmap flushes both', () => {
+    const h = new Host({
+      config: {
+        iommus: [{ ...DEFAULT_VTD }, { ...DEFAULT_VTD }],
+        memory: 256n * BigInt(MiB),
+        devices: [dev('00:02.0'), dev('01:00.0', { iommu: 1 })],
+      },
+    });
+    const a = h.bind(0);
+    const b = h.bind(1);
+    const ioas = h.ioas();
+    const { va, bytes } = h.filled(8 * KiB, 9);
+    h.map(ioas, va, 8 * KiB, 0x60000);
+    const hwpt = h.hwpt(a.devId, ioas, HWPT_ALLOC_PASID);
+    assert.equal(h.attach(a.dfd, hwpt).ret, 0);
+    assert.equal(h.attach(b.dfd, hwpt, 5).ret, 0);
+    const d = h.intel.devices[0]!.group.domain.priv as DmarDomain;
+    assert.deepEqual(
+      [...d.iommuArray.keys()].map((u) => u.name),
+      ['dmar0', 'dmar1'],
+    );
+    assert.deepEqual(h.read(0, 0x60000, 16), bytes.subarray(0, 16));
+    assert.deepEqual(h.read(1, 0x61000, 16, 5), bytes.subarray(4096, 4112));
+    assert.ok(h.unit(0).unit.iotlb.count > 0 && h.unit(1).unit.iotlb.count > 0);
+    h.unmap(ioas, 0x60000, 8 * KiB);
+    assert.equal(h.unit(0).unit.iotlb.count, 0);
+    assert.equal(h.unit(1).unit.iotlb.count, 0);
+    assert.equal(h.fault(0, 0x60000, 'read').reason, 0x71);
+    assert.equal(h.fault(1, 0x61000, 'read', 5).reason, 0x71);
   });
 });
 
