@@ -19,6 +19,7 @@ import {
   toJsonValue,
 } from '../scenario/index.ts';
 import { colour, progress, progressDone } from './output.ts';
+import { cmdServe } from './serve.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
@@ -31,6 +32,7 @@ Commands:
   run FILE...      run scenario files (SCENARIO.md) and check their expectations
   bench [NAME...]  run the benchmark workloads (../shared/bench/WORKLOADS.md)
   demo             run the bundled example scenarios (what npm start does)
+  serve            serve an emulated host's /dev/iommu over a socket (WIRE.md)
 
 Options:
   -h, --help       show help (also: pasidkit <command> --help)
@@ -254,6 +256,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdBench(rest);
       case 'demo':
         return cmdDemo(rest);
+      case 'serve':
+        return await cmdServe(rest);
       default:
         throw new UsageFailure(`unknown command ${cmd}`);
     }
