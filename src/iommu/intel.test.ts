@@ -780,6 +780,57 @@ describe('identity and blocked domains (the core API on the driver)', () => {
   });
 });
 
+describe('page requests (PRI) through the page request queue', () => {
+  test("an ATS device's page request reaches the fault queue of the HWPT at its PASID; the response goes back to the device", () => {
+    const h = new Host({ devices: [dev('00:02.0', { ats: true }), dev('00:03.0')] });
+    const { dfd, devId } = h.bind(0);
+    const other = h.bind(1);
+    const ioas = h.ioas();
+    const fq = h.ok('IOMMU_FAULT_QUEUE_ALLOC', {});
+    const faultFd = fq['out_fault_fd'] as number;
+    const hwpt = h.ok('IOMMU_HWPT_ALLOC', {
+      flags: HWPT_ALLOC_PASID | 4, // IOMMU_HWPT_FAULT_ID_VALID
+      dev_id: devId,
+      pt_id: ioas,
+      fault_id: fq['out_fault_id'],
+    })['out_hwpt_id'] as number;
+    // a device without PRI cannot take an IOPF-capable HWPT
+    assert.equal(h.attach(other.dfd, hwpt, 0x40).errno, 'ENODEV');
+    assert.equal(h.attach(dfd, hwpt, 0x40).ret, 0);
+    const pci = h.m.devices[0]!;
+    assert.equal(
+      pci.pageRequest({ pasid: 0x40, addr: 0x5123, access: 'write', lpig: true, prgi: 7 }),
+      'queued',
+    );
+    const rec = h.p.read(faultFd, 40);
+    assert.ok(rec instanceof Uint8Array && rec.length === 40);
+    const f = decodeAny(STRUCTS.iommu_hwpt_pgfault, rec) as Record<string, unknown>;
+    assert.equal(f['flags'], 1 | 2 | 8, 'PASID_VALID | LAST_PAGE | NEEDS_PASID');
+    assert.equal(f['dev_id'], devId);
+    assert.equal(f['pasid'], 0x40);
+    assert.equal(f['grpid'], 7);
+    assert.equal(f['perm'], 2, 'write');
+    assert.equal(f['addr'], 0x5000n);
+    const resp = new Uint8Array(8);
+    new DataView(resp.buffer).setUint32(0, f['cookie'] as number, true);
+    assert.equal(h.p.write(faultFd, resp), 8);
+    assert.deepEqual(pci.pageResponses.at(-1), { pasid: 0x40, prgi: 7, lpig: true, rc: 0 });
+    // a PASID nobody handles faults for: the driver answers INVALID itself
+    assert.equal(pci.pageRequest({ pasid: 0x41, addr: 0x6000, access: 'read', prgi: 2 }), 'queued');
+    assert.deepEqual(pci.pageResponses.at(-1), { pasid: 0x41, prgi: 2, lpig: true, rc: 1 });
+    // a request still pending when the PASID is detached is answered INVALID
+    assert.equal(pci.pageRequest({ pasid: 0x40, addr: 0x7000, access: 'read', prgi: 3 }), 'queued');
+    const n = pci.pageResponses.length;
+    h.ok('VFIO_DEVICE_DETACH_IOMMUFD_PT', { flags: 1, pasid: 0x40 }, dfd);
+    assert.equal(pci.pageResponses.length, n + 1);
+    assert.deepEqual(pci.pageResponses.at(-1), { pasid: 0x40, prgi: 3, lpig: true, rc: 1 });
+    // the queue is empty and the unit has nothing pending
+    const u = h.unit().unit;
+    assert.equal(u.mmioRead(0xc0, 8), u.mmioRead(0xc8, 8), 'PQH = PQT');
+    assert.equal(Number(u.mmioRead(0xdc, 4) as bigint) & 3, 0, 'PRS: no PPR, no PRO');
+  });
+});
+
 describe('two units', () => {
   test('one HWPT on devices behind different units: a domain ID on each, unmap flushes both', () => {
     const h = new Host({

@@ -23,10 +23,13 @@
 //   scalable mode (ECAP.SMTS clear), legacy mode: context entries with the second-level table
 //   (or pass-through), no PASIDs, no nesting, 128-bit invalidation descriptors.
 //
+// Page requests (intel-prq.ts): an ATS device on a unit with ECAP.PRS gets PRI (context
+// PRE); its page requests reach the IOPF-capable domain attached at their PASID (iommufd's
+// fault queue), and the responses go back as page group responses; an IOPF-capable domain
+// needs PRI (-ENODEV otherwise).
+//
 // Model decisions: a device's default domain is the blocking domain (no host driver does DMA
-// on this machine); the driver does not enable PRI (it does not service the page request
-// queue), so an IOPF-capable domain cannot be attached (-ENODEV, as for a device without
-// PRI); a map that fails part way (a table allocation) unrolls what it wrote, where the kernel
+// on this machine); a map that fails part way (a table allocation) unrolls what it wrote, where the kernel
 // leaves those entries until the domain is freed; iova_to_phys answers -1 (the core's "not
 // mapped"), where the kernel answers 0; a RID attach whose entry could not be programmed
 // does not unassign cache tags it never assigned (the kernel's device_block_translation would
@@ -50,9 +53,11 @@ import {
   IommuDomain,
   type IommuDomainOps,
   type IommuDriver,
+  type IommuPageFault,
   type IommuUserData,
   type IommuUserDataArray,
   iommuProbeDevice,
+  iommuReportDeviceFault,
 } from './core.ts';
 import type { FrameAllocator } from './frames.ts';
 import {
@@ -99,6 +104,7 @@ import {
   levelSize,
   VTD_PAGE_SIZE,
 } from './intel-pgtable.ts';
+import { IntelPrq } from './intel-prq.ts';
 
 // ---- uAPI (include/uapi/linux/iommufd.h) ----
 export const IOMMU_HW_INFO_TYPE_DEFAULT = 0;
@@ -289,6 +295,8 @@ export class IntelIommuDriver implements IommuDriver {
   readonly devices: IommuDevice[] = [];
   /** Live paging and nested domains (leak checks). */
   readonly liveDomains = new Set<DmarDomain>();
+  /** The page request queues of the units that have one. */
+  readonly prqs = new Map<IntelIommu, IntelPrq>();
   private readonly pagingOps: IommuDomainOps;
   private readonly nestedOps: IommuDomainOps;
   private readonly dirtyOps: IommuDirtyOps;
@@ -366,6 +374,18 @@ export class IntelIommuDriver implements IommuDriver {
     for (const u of this.units) {
       const err = u.init();
       if (err) return err;
+      if (u.sm && u.c.prs) {
+        const prq = new IntelPrq(u);
+        const e2 = prq.enable({
+          deviceByRid: (iommu, rid) =>
+            this.devices.find(
+              (d) => this.info(d).iommu === iommu && this.info(d).sid === rid && this.info(d).pci.ats,
+            ),
+          reportDeviceFault: (dev, fault) => iommuReportDeviceFault(dev, fault),
+        });
+        if (e2) return e2;
+        this.prqs.set(u, prq);
+      }
     }
     for (const pci of this.platform.devices) {
       const dev = this.intelIommuProbeDevice(pci);
@@ -391,7 +411,8 @@ export class IntelIommuDriver implements IommuDriver {
     if (iommu.c.dt && pci.ats) info.atsSupported = true;
     if (iommu.sm) {
       if (iommu.pasidSupported && pci.pasidBits > 0) info.pasidSupported = 1;
-      // PRI is not enabled: the driver does not service the page request queue (see header)
+      // the model's ATS endpoints send page requests (PRI) too
+      if (info.atsSupported && iommu.c.prs) info.priSupported = true;
     }
     if (iommu.sm) {
       const err = intelPasidAllocTable(info, this.maxPasids, this.faults);
@@ -399,9 +420,11 @@ export class IntelIommuDriver implements IommuDriver {
       const e2 = intelPasidSetupSmContext(info, this.faults);
       if (e2) return e2;
     }
-    // probe_finalize: PASID, then ATS
+    // probe_finalize: PASID, then ATS, then PRI (the model's endpoints want the PASID in
+    // page group responses, so PRI goes on with PASID)
     if (info.pasidSupported) info.pasidEnabled = true;
     if (iommu.sm && info.atsSupported) info.atsEnabled = true;
+    if (info.atsEnabled && info.priSupported) info.priEnabled = true;
     // dev_iommu_get_max_pasids
     const maxPasids =
       iommu.maxPasids && pci.pasidBits > 0 ? Math.min(2 ** pci.pasidBits, iommu.maxPasids) : 0;
@@ -448,6 +471,21 @@ export class IntelIommuDriver implements IommuDriver {
     dv.setBigUint64(8, iommu.cap, true);
     dv.setBigUint64(16, iommu.ecap, true);
     return { type: IOMMU_HW_INFO_TYPE_INTEL_VTD, data };
+  }
+
+  /** intel_iommu_page_response: a page group response through the invalidation queue. */
+  pageResponse(dev: IommuDevice, fault: IommuPageFault, code: number): void {
+    const info = this.info(dev);
+    const prq = this.prqs.get(info.iommu);
+    if (!prq) return;
+    prq.submitResponse(
+      info.sid,
+      (fault.flags & 1) !== 0,
+      fault.pasid,
+      code,
+      fault.grpid,
+      (fault.flags & 2) !== 0,
+    );
   }
 
   /** intel_iommu_get_resv_regions: the interrupt window is an MSI region (no RMRRs here). */

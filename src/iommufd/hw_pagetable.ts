@@ -463,6 +463,8 @@ interface PendingFault {
   readonly dev: IommuDevice;
 }
 
+/** enum iommu_page_response_code: IOMMU_PAGE_RESP_INVALID. */
+const IOMMU_PAGE_RESP_INVALID = 1;
 export const PGFAULT_SIZE = 40;
 export const PAGE_RESPONSE_SIZE = 8;
 
@@ -482,13 +484,25 @@ export class FaultObject extends IommufdObject {
     for (const o of this.ctx.objects.values()) if (o instanceof IommufdDevice && o.dev === dev) idevId = o.id;
     this.deliver.push({ idevId, fault, dev });
   }
-  /** Auto-respond INVALID to everything pending for `dev` (detach/replace away). */
+  /**
+   * iommufd_auto_response_faults: everything pending for `dev` at `pasid` (detach/replace
+   * away) is answered INVALID through the driver (iopf_group_response), delivered or not.
+   */
   autoRespond(dev: IommuDevice, pasid: number): void {
-    for (let i = this.deliver.length - 1; i >= 0; i--) {
+    const answered: PendingFault[] = [];
+    for (let i = 0; i < this.deliver.length; i++) {
       const f = this.deliver[i]!;
-      if (f.dev === dev && f.fault.pasid === pasid) this.deliver.splice(i, 1);
+      if (f.dev === dev && f.fault.pasid === pasid) {
+        this.deliver.splice(i--, 1);
+        answered.push(f);
+      }
     }
-    for (const [k, f] of this.response) if (f.dev === dev && f.fault.pasid === pasid) this.response.delete(k);
+    for (const [k, f] of this.response)
+      if (f.dev === dev && f.fault.pasid === pasid) {
+        this.response.delete(k);
+        answered.push(f);
+      }
+    for (const f of answered) f.dev.driver.pageResponse?.(f.dev, f.fault, IOMMU_PAGE_RESP_INVALID);
   }
   read(count: number): Uint8Array | KernelError {
     if (count % PGFAULT_SIZE !== 0) return kerr('ESPIPE', 'read count is not a multiple of the fault size');
