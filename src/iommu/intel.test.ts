@@ -752,6 +752,10 @@ describe('GET_HW_INFO, capabilities and dirty tracking', () => {
     };
     assert.equal(get(), 0b0100, 'page 2 is dirty');
     assert.equal(get(), 0, 'and was cleared');
+    // the clean entry's cached translation was flushed: the next write dirties it again
+    h.write(0, 0x42000 + 64, new Uint8Array([0xbb]));
+    h.write(0, 0x40000, new Uint8Array([0xcc]));
+    assert.equal(get(), 0b0101);
     h.ok('IOMMU_HWPT_SET_DIRTY_TRACKING', { flags: 0, hwpt_id: hwpt });
     assert.equal((h.pasidEntry(0, 0)![0]! >>> 9) & 1, 0);
   });

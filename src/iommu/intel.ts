@@ -1468,7 +1468,12 @@ export class IntelIommuDriver implements IommuDriver {
   ): KernelError | undefined {
     const d = dmar(domain);
     if (!d.dirtyTracking && dirty) return kerr('EINVAL', 'dirty tracking is off');
-    d.pt!.readAndClearDirty(iova, size, flags, dirty ? (a, l) => dirty.record(a, l) : null);
+    // iommu_dirty_bitmap_record: the bitmap, and the gather the caller's iotlb_sync flushes
+    d.pt!.readAndClearDirty(iova, size, flags, (a, l) => {
+      dirty?.record(a, l);
+      if (a < d.gatherStart) d.gatherStart = a;
+      if (a + l - 1 > d.gatherEnd) d.gatherEnd = a + l - 1;
+    });
     return undefined;
   }
 

@@ -359,6 +359,8 @@ export function setDirtyTrackingIoctl(u: Ucmd): number | KernelError {
       const err = ops.readAndClearDirty(d, Number(a.iova), Number(a.length), 0, null);
       if (err) return err;
     }
+    // iopt_clear_dirty_data: the cleared entries may be cached (iommu_iotlb_sync of the gather)
+    d.ops.iotlbSync?.(d);
   }
   return ops.setDirtyTracking(d, enable) ?? 0;
 }
@@ -405,6 +407,9 @@ export function getDirtyBitmapIoctl(u: Ucmd): number | KernelError {
     const err = d.dirtyOps.readAndClearDirty(d, Number(s), Number(e - s + 1n), flags, record);
     if (err) return err;
   }
+  // iommu_read_and_clear_dirty: translations of the entries just cleaned are flushed, so the
+  // next write sets the dirty bit again (iommu_iotlb_sync of the gather)
+  if (!(flags & 1)) d.ops.iotlbSync?.(d);
   // iova_bitmap sets bits in the user's bitmap: only bytes holding a set bit are written.
   const data = c['data'] as bigint;
   for (const i of touched) {
