@@ -835,6 +835,34 @@ describe('page requests (PRI) through the page request queue', () => {
   });
 });
 
+describe('caching mode (CM = 1): not-present entries may be cached, and the driver invalidates them', () => {
+  test('a DMA before the attach caches the not-present entries; after attach (and after each map) it goes through', () => {
+    const h = new Host({ vtd: { ...SL_ONLY, caching_mode: true } });
+    const { dfd, devId } = h.bind();
+    const ioas = h.ioas();
+    const { va, bytes } = h.filled(8 * KiB, 11);
+    h.map(ioas, va, 4 * KiB, 0x10000);
+    assert.equal(h.fault(0, 0x10000, 'read').reason, 0x51, 'not attached: SPD.2, now cached');
+    assert.equal(h.fault(0, 0x10000, 'read', 5).reason, 0x51);
+    assert.ok(h.unit().unit.cacheSizes().pasid >= 2, 'the unit caches the not-present entries');
+    const hwpt = h.hwpt(devId, ioas, HWPT_ALLOC_PASID);
+    assert.equal(h.attach(dfd, hwpt).ret, 0);
+    assert.deepEqual(h.read(0, 0x10000, 16), bytes.subarray(0, 16));
+    assert.equal(h.attach(dfd, hwpt, 5).ret, 0);
+    assert.deepEqual(h.read(0, 0x10000, 16, 5), bytes.subarray(0, 16));
+    // a map into a second-level domain under caching mode is followed by a page-selective flush
+    const events: Record<string, unknown>[] = [];
+    h.m.tracer = (e) => events.push(e as Record<string, unknown>);
+    h.map(ioas, va + 4096, 4 * KiB, 0x11000);
+    h.m.tracer = null;
+    assert.ok(
+      events.some((e) => e['what'] === 'iotlb_inv_dsc' && e['g'] === 3),
+      'iotlb PSI after the map',
+    );
+    assert.deepEqual(h.read(0, 0x11000, 16, 5), bytes.subarray(4096, 4112));
+  });
+});
+
 describe('two units', () => {
   test('one HWPT on devices behind different units: a domain ID on each, unmap flushes both', () => {
     const h = new Host({
