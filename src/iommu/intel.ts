@@ -92,6 +92,7 @@ import {
   PASID_FLAG_FL5LP,
   PASID_FLAG_PAGE_SNOOP,
   PASID_MAX,
+  readPasidEntry,
   type SsTable,
   type VtdS1Config,
 } from './intel-pasid.ts';
@@ -1520,8 +1521,76 @@ export class IntelIommuDriver implements IommuDriver {
       const d = info.domain as DmarDomain | null;
       if (d)
         invariant(d.devices.has(info) && info.domainAttached, 'intel: device and domain agree on the RID');
+      if (info.iommu.sm) this.checkDeviceEntries(dev, info);
     }
     for (const u of this.units) this.checkIotlb(u);
+  }
+
+  /**
+   * The device's context entry points at its PASID directory, and its PASID entries in memory
+   * are exactly its attachments: RID_PASID for the RID, one per attached PASID, each with the
+   * PGTT, DID and table pointer of its domain; nothing else is present.
+   */
+  private checkDeviceEntries(dev: IommuDevice, info: DeviceDomainInfo): void {
+    const iommu = info.iommu;
+    const mem = iommu.mem;
+    const t = info.pasidTable!;
+    const ct = iommu.contextTables.get((info.sid >>> 8) * 2 + ((info.sid & 0xff) >= 0x80 ? 1 : 0));
+    invariant(ct !== undefined, `intel: ${info.pci.bdf} has a context table`);
+    const ce = ct * 4096 + (info.sid & 0x7f) * 32;
+    const lo = mem.readLo(ce);
+    invariant(
+      (lo & 1) === 1 && DmaPgtable.frameOf(lo, mem.readHi(ce)) === t.dirFn,
+      `intel: the context entry of ${info.pci.bdf} points at its PASID directory`,
+    );
+    const expected = new Map<number, IommuDomain | null>();
+    if (info.domainAttached)
+      expected.set(IOMMU_NO_PASID, info.domain ? (info.domain as DmarDomain).domain : null);
+    for (const [pasid, e] of dev.group.pasidArray)
+      if (e.domain.type !== 'blocked') expected.set(pasid, e.domain);
+    const where = (pasid: number) => `intel: PASID entry ${pasid} of ${info.pci.bdf}`;
+    let present = 0;
+    for (let di = 0; di < t.maxPasid >> 6; di++) {
+      const dlo = mem.readLo(t.dirFn * 4096 + di * 8);
+      if ((dlo & 1) === 0) continue;
+      const tab = DmaPgtable.frameOf(dlo, mem.readHi(t.dirFn * 4096 + di * 8)) * 4096;
+      for (let i = 0; i < 64; i++) {
+        const w0 = mem.read32(tab + i * 64);
+        if ((w0 & 1) === 0) continue;
+        present++;
+        const pasid = di * 64 + i;
+        invariant(expected.has(pasid), `${where(pasid)} is present but nothing is attached there`);
+        const domain = expected.get(pasid)!;
+        const w = readPasidEntry(info, tab + i * 64);
+        const pgtt = (w[0]! >>> 6) & 7;
+        const did = w[2]! & 0xffff;
+        if (domain === null || domain.type === 'identity') {
+          invariant(pgtt === 4 && did === FLPT_DEFAULT_DID, `${where(pasid)} is pass-through`);
+          continue;
+        }
+        const d = dmar(domain);
+        invariant(did === d.didOn(iommu), `${where(pasid)} carries its domain's DID`);
+        if (d.kind === 'fs') {
+          invariant(
+            pgtt === 1 && DmaPgtable.frameOf(w[4]!, w[5]!) === d.pt!.pgd,
+            `${where(pasid)}: first level`,
+          );
+        } else if (d.kind === 'ss') {
+          invariant(
+            pgtt === 2 && DmaPgtable.frameOf(w[0]!, w[1]!) === d.pt!.pgd,
+            `${where(pasid)}: second level`,
+          );
+        } else {
+          invariant(
+            pgtt === 3 &&
+              DmaPgtable.frameOf(w[0]!, w[1]!) === d.s2!.pt!.pgd &&
+              (BigInt(w[5]!) << 32n) + BigInt(w[4]! & 0xfffff000) === (d.s1Cfg!.pgtblAddr & ~0xfffn),
+            `${where(pasid)}: nested`,
+          );
+        }
+      }
+    }
+    invariant(present === expected.size, `intel: every attachment of ${info.pci.bdf} has its PASID entry`);
   }
 
   /**
