@@ -328,6 +328,23 @@ describe('RID attach: device DMA goes through the tables of the IOAS', () => {
     });
   });
 
+  test('a unit with 5-level first-stage paging and no second stage: first-stage domains with 5 levels (FLPM = 1)', () => {
+    const h = new Host({
+      vtd: { fl_levels: 5, ecap: buildCapRegisters({ ...DEFAULT_VTD, fl_levels: 5 }).ecap & ~ECAP.SLTS },
+    });
+    const { dfd } = h.bind();
+    const ioas = h.ioas();
+    const { va, bytes } = h.filled(4 * KiB, 12);
+    h.map(ioas, va, 4 * KiB, 0x7000_0000_0000);
+    assert.equal(h.attach(dfd, ioas).ret, 0);
+    const pe = h.pasidEntry(0, 0)!;
+    assert.equal(pgttOf(pe), 1);
+    assert.equal((pe[4]! >>> 2) & 3, 1, 'FLPM: 5-level');
+    const d = h.intel.devices[0]!.group.domain.priv as DmarDomain;
+    assert.equal(d.pt!.levels, 5);
+    assert.deepEqual(h.read(0, 0x7000_0000_0000 + 8, 8), bytes.subarray(8, 16));
+  });
+
   test('the interrupt window is a reserved region of the IOAS once a device is attached', () => {
     const h = new Host();
     const { dfd } = h.bind();
