@@ -157,6 +157,8 @@ export interface IommuDomainOps {
   iotlbSync?(domain: IommuDomain): void;
   iovaToPhys?(domain: IommuDomain, iova: number): number;
   cacheInvalidateUser?(domain: IommuDomain, arr: IommuUserDataArray): { handled: number; err?: KernelError };
+  /** enforce_cache_coherency: make every DMA of the domain snoop; false if it cannot (any more). */
+  enforceCacheCoherency?(domain: IommuDomain): boolean;
   free(domain: IommuDomain): void;
 }
 

@@ -563,6 +563,24 @@ export function intelPasidTearDownEntry(info: DeviceDomainInfo, pasid: number, f
   if (!faultIgnore) intelIommuDrainPasidPrq(info, did, pasid);
 }
 
+/** intel_pasid_setup_page_snoop_control: PGSNP in a present entry, then the present-entry flush. */
+export function intelPasidSetupPageSnoopControl(
+  info: DeviceDomainInfo,
+  pasid: number,
+  faults: FaultInjector,
+): void {
+  const iommu = info.iommu;
+  const pte = intelPasidGetEntry(info, pasid, faults);
+  invariant(
+    pte >= 0 && (iommu.mem.read32(pte) & PASID_PTE_PRESENT) !== 0,
+    'intel: page snoop on an absent entry',
+  );
+  const w = readPasidEntry(info, pte);
+  setPgsnp(w);
+  iommu.mem.write32(pte + 8, w[2]!);
+  intelPasidFlushPresent(iommu, info, pasid, pasidGetDomainId(w));
+}
+
 /** intel_pasid_setup_dirty_tracking: SSADE on or off in an SL or nested entry. */
 export function intelPasidSetupDirtyTracking(
   info: DeviceDomainInfo,

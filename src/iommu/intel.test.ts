@@ -778,6 +778,26 @@ describe('GET_HW_INFO, capabilities and dirty tracking', () => {
   });
 });
 
+describe('enforced cache coherency (ECAP.SC)', () => {
+  test('paging HWPTs of a snoop-control unit snoop: PGSNP in first-stage PASID entries, SNP in second-stage leaves', () => {
+    const h = new Host({ vtd: { ecap: buildCapRegisters(DEFAULT_VTD).ecap | ECAP.SC } });
+    const { dfd, devId } = h.bind();
+    const ioas = h.ioas();
+    const { va } = h.filled(4 * KiB, 13);
+    h.map(ioas, va, 4 * KiB, 0x3000);
+    const fs = h.hwpt(devId, ioas, HWPT_ALLOC_PASID);
+    assert.equal(h.attach(dfd, fs).ret, 0);
+    assert.equal((h.pasidEntry(0, 0)![2]! >>> 24) & 1, 1, 'PGSNP');
+    const ss = h.hwpt(devId, ioas, HWPT_ALLOC_PASID | HWPT_ALLOC_NEST_PARENT);
+    assert.equal(h.attach(dfd, ss, 2).ret, 0);
+    const d = h.intel.devices[0]!.group.pasidArray.get(2)!.domain.priv as DmarDomain;
+    const loc = d.pt!.pfnToDmaPte(3, 0, false);
+    assert.equal(d.pt!.lo(loc) & 0x800, 0x800, 'SNP in the leaf');
+    assert.equal(h.read(0, 0x3000, 4, 2).length, 4);
+    assert.equal(h.read(0, 0x3000, 4).length, 4);
+  });
+});
+
 describe('identity and blocked domains (the core API on the driver)', () => {
   test('identity: pass-through PGTT, DMA addresses are physical; blocked: the entry goes and DMA faults', () => {
     const h = new Host();

@@ -83,6 +83,7 @@ import {
   intelPasidSetupDirtyTracking,
   intelPasidSetupFirstLevel,
   intelPasidSetupNested,
+  intelPasidSetupPageSnoopControl,
   intelPasidSetupPassThrough,
   intelPasidSetupSecondLevel,
   intelPasidSetupSmContext,
@@ -100,6 +101,7 @@ import {
   agawToLevel,
   agawToWidth,
   DMA_PTE_READ,
+  DMA_PTE_SNP,
   DMA_PTE_WRITE,
   DmaPgtable,
   levelSize,
@@ -167,6 +169,8 @@ export class DmarDomain {
   nestedParent = false;
   dirtyTracking = false;
   forceSnooping = false;
+  /** Second stage: leaf entries carry SNP (set_pte_snp). */
+  setPteSnp = false;
   hasMappings = false;
   iotlbSyncMap = false;
   readonly iommuArray = new Map<IntelIommu, DomainIommuInfo>();
@@ -332,6 +336,7 @@ export class IntelIommuDriver implements IommuDriver {
       unmapPages: (d, iova, pgsize, pgcount) => this.intelIommuUnmapPages(d, iova, pgsize, pgcount),
       iotlbSync: (d) => this.intelIommuTlbSync(d),
       iovaToPhys: (d, iova) => dmar(d).pt!.iovaToPhys(iova),
+      enforceCacheCoherency: (d) => this.intelIommuEnforceCacheCoherency(d),
       free: (d) => this.intelIommuDomainFree(d),
     };
     this.nestedOps = {
@@ -847,6 +852,7 @@ export class IntelIommuDriver implements IommuDriver {
     let prot = 0;
     if (iommuProt & IOMMU_READ) prot |= DMA_PTE_READ;
     if (iommuProt & IOMMU_WRITE) prot |= DMA_PTE_WRITE;
+    if (d.setPteSnp) prot |= DMA_PTE_SNP;
     const maxAddr = iova + size;
     if (d.maxAddr < maxAddr) {
       if (2 ** d.gaw < maxAddr)
@@ -912,6 +918,7 @@ export class IntelIommuDriver implements IommuDriver {
     let prot = 0;
     if (iommuProt & IOMMU_READ) prot |= DMA_PTE_READ;
     if (iommuProt & IOMMU_WRITE) prot |= DMA_PTE_WRITE;
+    if (d.setPteSnp) prot |= DMA_PTE_SNP;
     const pt = d.pt!;
     const iovPfn = iova / VTD_PAGE_SIZE;
     if ((prot & 3) === 0) return kerr('EINVAL', 'intel map: no permission');
@@ -979,6 +986,33 @@ export class IntelIommuDriver implements IommuDriver {
     d.gatherStart = Number.POSITIVE_INFINITY;
     d.gatherEnd = 0;
     d.gatherPgsize = 0;
+  }
+
+  /** domain_support_force_snooping: every unit the domain is attached through has ECAP.SC. */
+  private domainSupportForceSnooping(d: DmarDomain): boolean {
+    for (const info of d.devices) if (!info.iommu.c.sc) return false;
+    for (const x of d.devPasids) if (!x.dev.iommu.c.sc) return false;
+    return true;
+  }
+
+  /**
+   * intel_iommu_enforce_cache_coherency_fs / _ss: first stage sets PGSNP in the PASID entries
+   * (now for the attached RIDs, and in every entry written from now on), second stage sets SNP
+   * in every leaf, which is only possible before the first mapping.
+   */
+  private intelIommuEnforceCacheCoherency(domain: IommuDomain): boolean {
+    const d = dmar(domain);
+    if (d.kind === 'fs') {
+      if (d.forceSnooping) return true;
+      if (!this.domainSupportForceSnooping(d)) return false;
+      d.forceSnooping = true;
+      for (const info of d.devices) intelPasidSetupPageSnoopControl(info, IOMMU_NO_PASID, this.faults);
+      return true;
+    }
+    if (!this.domainSupportForceSnooping(d) || d.hasMappings) return false;
+    d.setPteSnp = true;
+    d.forceSnooping = true;
+    return true;
   }
 
   // ---- attach ----

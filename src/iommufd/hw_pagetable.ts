@@ -48,6 +48,8 @@ export class HwptPaging extends HwPagetable {
   readonly ioas: Ioas;
   autoDomain = false;
   nestParent = false;
+  /** Every DMA through the domain snoops (iommu_ops enforce_cache_coherency succeeded). */
+  enforceCacheCoherency = false;
   /** On ioas.hwptList and in the io_pagetable's domain list. */
   inIoas = false;
   constructor(ctx: IommufdCtx, ioas: Ioas) {
@@ -155,6 +157,15 @@ export function hwptPagingAlloc(
     return d;
   }
   h.domain = d;
+  // Set the coherency mode before the domain gets mappings (iommufd_hwpt_paging_enforce_cc):
+  // a driver reporting IOMMU_CAP_ENFORCE_CACHE_COHERENCY must manage it on a new domain.
+  if (dev.driver.capable(dev, 'ENFORCE_CACHE_COHERENCY')) {
+    h.enforceCacheCoherency = d.ops.enforceCacheCoherency?.(d) ?? false;
+    if (!h.enforceCacheCoherency) {
+      ctx.abortAndDestroy(h);
+      return kerr('EINVAL', 'the driver could not enforce cache coherency on a new domain');
+    }
+  }
   if (immediateAttach) {
     const err = hwptAttachDo(idev, pasid, h);
     if (err) {
