@@ -246,11 +246,13 @@ export class IdTable {
     const start = fromHint ? this.hintHi : min;
     const found = this.scanFrom(start);
     // What the scan learnt holds whatever max says: [start, found) are all used.
-    const end = found < 0 ? 2 ** 32 : found;
-    if (fromHint) this.hintHi = end;
-    else {
-      this.hintLo = min;
-      this.hintHi = end;
+    // (When nothing is free the hint stays: 2^32 would turn the fields into heap doubles.)
+    if (found >= 0) {
+      if (fromHint) this.hintHi = found;
+      else {
+        this.hintLo = min;
+        this.hintHi = found;
+      }
     }
     return found >= 0 && found <= max ? found : -1;
   }
