@@ -2,16 +2,18 @@
 // "Paths"): one IommufdHost shared by every connection, built from a machine file (the
 // `machine:` block of a scenario, SCENARIO.md) or from the defaults.
 //
-// /dev/vfio/devices/vfioN is the machine's device N, counted from 0 in machine order. Until
-// iommufd has a VT-d driver of its own, every machine device is represented on the iommufd side
-// by a device of the selftest mock IOMMU driver (src/iommu/mock.ts), with PASID support when the
-// machine gives the device a PASID capability (pasid_bits > 0). Without a machine file the host
-// is the engine's default: two mock devices, both PASID-capable.
+// With a machine file the host is the machine's own (src/machine.ts): the Intel VT-d driver
+// boots over the machine's VT-d units and /dev/vfio/devices/vfioN is the machine's device N,
+// counted from 0 in machine order. Without one it is the engine's default host: two devices of
+// the selftest mock IOMMU driver, both PASID-capable, as vfio0 and vfio1. Either way
+// IOMMU_TEST_CMD and its mock devices are there unless `testCmd` is false.
 
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
+import { IntelIommuDriver } from '../iommu/intel.ts';
 import { IommufdHost } from '../iommufd/engine.ts';
-import { IOMMUFD_TEST_ENUMS } from '../iommufd/uapi/index.ts';
+import { PhysMem } from '../iommufd/process.ts';
+import { Machine } from '../machine.ts';
 import type { MachineConfig } from '../machine-config.ts';
 import { parseMachine, ScenarioSyntaxError } from '../scenario/parse.ts';
 
@@ -61,14 +63,24 @@ export interface HostOptions {
 export function createHost(machine: MachineConfig | null, opts: HostOptions = {}): IommufdHost {
   const testCmd = opts.testCmd ?? true;
   if (machine === null) return new IommufdHost({ testCmd });
-  const host = new IommufdHost({ testCmd, mockVfioDevices: 0 });
-  for (const d of machine.devices) {
-    const dev = host.mock.createDevice(d.pasid_bits > 0 ? IOMMUFD_TEST_ENUMS.MOCK_FLAGS_DEVICE_PASID : 0);
-    // createDevice fails only for unknown flags, and these are the mock's own.
-    if (!('driver' in dev)) throw new Error(`mock device for ${d.bdf}: ${dev.message}`);
-    host.devices.push(dev);
-  }
-  return host;
+  const m = new Machine({ config: machine });
+  if (testCmd) return m.iommufd;
+  // What Machine.iommufd builds, with CONFIG_IOMMUFD_TEST off: MachineOptions has no switch
+  // for it (yet), and the machine's own host always has the test command.
+  const phys = new PhysMem(m.hw.memory);
+  const intel = new IntelIommuDriver({ platform: m.hw, frames: phys, faults: m.faults, tracer: null });
+  const err = intel.init();
+  if (err) throw new MachineFileError(`intel_iommu_init failed: ${err.message}`);
+  return new IommufdHost({
+    testCmd: false,
+    faults: m.faults,
+    phys,
+    devices: intel.devices,
+    checkInvariants: () => {
+      intel.checkInvariants();
+      m.hw.checkInvariants();
+    },
+  });
 }
 
 /** What a host still holds for processes (leak checks after clients disconnect). */

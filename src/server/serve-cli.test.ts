@@ -71,12 +71,14 @@ describe('pasidkit serve', () => {
     cleanup();
   });
 
-  test('Unix socket and loopback TCP, JSON log, wire-smoke, graceful SIGTERM', {
+  test('a machine file, Unix socket and loopback TCP, JSON log, wire-smoke, graceful SIGTERM', {
     timeout: 60_000,
   }, async (ctx) => {
     const { dir, cleanup } = tempDir();
     const sock = join(dir, 'p.sock');
-    const s = serve(['--socket', sock, '--listen', '127.0.0.1:0', '--verbose']);
+    const machine = join(dir, 'machine.yaml');
+    writeFileSync(machine, 'scenario: 1\nmachine:\n  devices:\n    - {bdf: "00:02.0"}\nsteps: []\n');
+    const s = serve(['--socket', sock, '--listen', '127.0.0.1:0', '--verbose', '--machine', machine]);
     try {
       await until(() => (s.err().match(/"event":"listening"/g) ?? []).length === 2, 20_000, 'listening');
       const port = Number(/"address":"tcp:127\.0\.0\.1:(\d+)"/.exec(s.err())![1]);
@@ -84,6 +86,9 @@ describe('pasidkit serve', () => {
         const c = await PasidkitClient.connect(target);
         const fd = await c.open('/dev/iommu');
         assert.equal(await c.ioasAlloc(fd), 1);
+        // The machine file's one device, and no other.
+        assert.equal(await c.open('/dev/vfio/devices/vfio0'), 1);
+        await assert.rejects(c.open('/dev/vfio/devices/vfio1'), /ENOENT/);
         await c.end();
       }
       if (havePython && existsSync(SMOKE)) {

@@ -7,14 +7,14 @@ import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { describe, test } from 'node:test';
+import { afterEach, describe, test } from 'node:test';
 import { ERRNO, KernelError } from '../core/errno.ts';
 import { build, decode, IOCTLS, STRUCTS } from '../iommufd/uapi/index.ts';
 import { IoctlError, PasidkitClient, parseTarget } from './client.ts';
 import { createHost, hostUsage, MachineFileError, parseMachineText } from './host.ts';
 import { MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, OP, PROT_READ, PROT_WRITE } from './protocol.ts';
 import { isLoopback, WireServer } from './server.ts';
-import { frame, RawConn, startServer, tempDir, u32, u64, until } from './test-utils.ts';
+import { frame, RawConn, startServer, stopAll, tempDir, u32, u64, until } from './test-utils.ts';
 
 const E = ERRNO;
 const I = IOCTLS;
@@ -26,6 +26,9 @@ const mmapPayload = (len: number, prot: number, flags: number, off = 0) =>
   Buffer.concat([u64(len), u32(prot, flags), u64(off)]);
 
 const zeroUsage = { contexts: 0, objects: 0, pins: 0, pages: 0, domains: 0 };
+
+// A test that fails half-way still stops its server, so that the run ends by itself.
+afterEach(stopAll);
 
 describe('framing', () => {
   test('tags are echoed, replies come in request order, lengths are exact', async () => {
@@ -535,26 +538,43 @@ describe('connections', () => {
     assert.deepEqual(parseTarget('pasidkit.sock'), { path: 'pasidkit.sock' });
   });
 
-  test('a machine file gives the VFIO devices, in machine order', async () => {
-    const m = parseMachineText(
-      'm.yaml',
-      'devices:\n  - {bdf: "00:02.0"}\n  - {bdf: "00:03.0", pasid_bits: 0}\n  - {bdf: "00:04.0"}\n',
-    );
+  test('a machine file: its devices through the Intel VT-d driver, in machine order', async () => {
+    const text =
+      'devices:\n  - {bdf: "00:02.0"}\n  - {bdf: "00:03.0", pasid_bits: 0}\n  - {bdf: "00:04.0"}\n';
+    const m = parseMachineText('m.yaml', text);
     assert.equal(createHost(m).devices.length, 3);
     assert.equal(createHost(parseMachineText('s.yaml', 'machine:\n  devices: []\n')).devices.length, 0);
     assert.throws(() => parseMachineText('bad.yaml', 'devices: [{bdf: nope}]'), MachineFileError);
     assert.throws(() => parseMachineText('bad.yaml', '- 1'), MachineFileError);
     assert.throws(() => parseMachineText('bad.yaml', 'a: [b'), MachineFileError);
-    const t = await startServer({ host: createHost(m) });
-    const c = await PasidkitClient.connect(t.path);
-    const fd = await c.open('/dev/iommu');
-    const d2 = await c.open('/dev/vfio/devices/vfio2');
-    await assert.rejects(c.open('/dev/vfio/devices/vfio3'), (e: KernelError) => e.code === 'ENOENT');
-    assert.ok((await c.vfioBind(d2, fd)) > 0);
-    const ioas = await c.ioasAlloc(fd);
-    assert.ok((await c.vfioAttach(d2, ioas)) > 0);
-    await c.end();
-    await t.stop();
+    for (const testCmd of [true, false]) {
+      const t = await startServer({ host: createHost(m, { testCmd }) });
+      const idle = hostUsage(t.server.host);
+      const c = await PasidkitClient.connect(t.path);
+      const fd = await c.open('/dev/iommu');
+      const d2 = await c.open('/dev/vfio/devices/vfio2');
+      await assert.rejects(c.open('/dev/vfio/devices/vfio3'), (e: KernelError) => e.code === 'ENOENT');
+      const devid = await c.vfioBind(d2, fd);
+      const info = await c.getHwInfo(fd, devid);
+      assert.equal(info.info.out_data_type, 1); // IOMMU_HW_INFO_TYPE_INTEL_VTD
+      const ioas = await c.ioasAlloc(fd);
+      assert.ok((await c.vfioAttach(d2, ioas)) > 0);
+      const buf = await c.mmap(4 * 4096, RW, MAP_SHARED | MAP_ANONYMOUS);
+      await c.ioasMap(fd, { ioasId: ioas, userVa: buf, length: 4 * 4096, iova: 0x10000 });
+      assert.ok(hostUsage(t.server.host).pins >= 4);
+      await c.vfioDetach(d2);
+      // A mock domain on a fresh IOAS (the mapping at 64 KiB is outside the mock aperture).
+      const fresh = await c.ioasAlloc(fd);
+      const cmd = build(STRUCTS.iommu_test_cmd, { op: 2, id: fresh });
+      const mock = await c.ioctlRaw(fd, I.IOMMU_TEST_CMD.cmd, cmd);
+      assert.equal(mock.ret, testCmd ? 0 : -E.ENOTTY);
+      await c.end();
+      await until(() => t.server.connections === 0);
+      // The driver keeps its root and context tables; everything the client made is gone.
+      assert.deepEqual(hostUsage(t.server.host), idle);
+      assert.equal(hostUsage(t.server.host).pins, 0);
+      await t.stop();
+    }
   });
 });
 

@@ -22,6 +22,8 @@ export interface TestServer {
   stop(): Promise<void>;
 }
 
+const live = new Set<TestServer>();
+
 /** A server listening on a temporary Unix socket, logging into `logs`. */
 export async function startServer(opts: ServerOptions = {}): Promise<TestServer> {
   const { dir, cleanup } = tempDir();
@@ -29,15 +31,23 @@ export async function startServer(opts: ServerOptions = {}): Promise<TestServer>
   const server = new WireServer({ log: (e) => logs.push(e), ...opts });
   const path = join(dir, 's.sock');
   await server.listen({ path });
-  return {
+  const t: TestServer = {
     server,
     path,
     logs,
     async stop() {
+      live.delete(t);
       await server.close();
       cleanup();
     },
   };
+  live.add(t);
+  return t;
+}
+
+/** Stops every server still running (an afterEach hook: a failed test must not hang the run). */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...live].map((t) => t.stop()));
 }
 
 export interface Frame {
