@@ -29,7 +29,8 @@ removes the socket file. Logs one JSON line per connection event on stderr.
   --allow-remote       allow a non-loopback --listen address (anyone who can connect gets root
                        on the emulated host)
   --machine FILE       the emulated machine: YAML, a scenario's machine: block (or a scenario
-                       file); /dev/vfio/devices/vfioN is its device N. Default: two mock devices
+                       file); /dev/vfio/devices/vfioN is its device N behind the Intel VT-d
+                       driver. Default: two selftest mock devices as vfio0 and vfio1
   --max-frame SIZE     largest frame (default 16MiB); bigger frames are discarded with -E2BIG
   --max-files N        open files per connection (default ${DEFAULT_MAX_FILES}; then EMFILE)
   --max-memory SIZE    mapped memory per connection (default 1GiB; then ENOMEM)
