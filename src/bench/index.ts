@@ -10,6 +10,7 @@ import {
   benchPasidMemory,
 } from '../ioasid/bench.ts';
 import { benchIoasMapUnmap } from '../iommufd/bench.ts';
+import { benchWirePipelined, benchWireRtt, benchWireRttAnchor } from '../server/bench.ts';
 import type { BenchResult } from './harness.ts';
 
 export interface Workload {
@@ -26,5 +27,11 @@ export const WORKLOADS: Workload[] = [
   { name: 'translate-iotlb-hit', run: () => benchTranslateIotlbHit() as BenchResult },
   { name: 'translate-nested-walk', run: () => benchTranslateNestedWalk() as BenchResult },
   { name: 'ioas-map-unmap', run: () => benchIoasMapUnmap() as unknown as BenchResult },
+  {
+    name: 'wire-rtt',
+    run: async () => (await benchWireRtt()) as unknown as BenchResult,
+    peers: [async () => (await benchWireRttAnchor()) as unknown as BenchResult],
+  },
+  { name: 'wire-pipelined', run: async () => (await benchWirePipelined()) as unknown as BenchResult },
   { name: 'pasid-memory', run: benchPasidMemory },
 ];

@@ -210,7 +210,9 @@ async function cmdBench(args: string[]): Promise<number> {
         const figure =
           r.bytesPerId !== undefined
             ? `${r.bytesPerId} bytes per ID`
-            : `${r.ops} ops in ${r.seconds} s = ${(r.opsPerSec ?? 0).toLocaleString('en-US')} ops/s`;
+            : r['skipped'] !== undefined
+              ? `skipped: ${String(r['skipped'])}`
+              : `${r.ops} ops in ${r.seconds} s = ${(r.opsPerSec ?? 0).toLocaleString('en-US')} ops/s`;
         console.log(`${what.padEnd(36)} ${figure}`);
       }
     }

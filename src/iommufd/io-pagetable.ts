@@ -658,6 +658,9 @@ export class IoPagetable {
 
   /** iopt_unmap_all: IOMMU_IOAS_UNMAP of everything; an empty IOAS is a success. */
   unmapAll(): bigint | KernelError {
+    // Nothing mapped: the kernel's -ENOENT from iopt_unmap_iova_range is swallowed here, so skip
+    // building it (destroying an empty IOAS is the common case).
+    if (this.areaTree.iterFirst(0n, ULONG_MAX) === null) return 0n;
     const r = this.unmapRange(0n, ULONG_MAX);
     if (typeof r !== 'bigint' && r.code === 'ENOENT') return 0n;
     return r;
