@@ -18,6 +18,7 @@ import {
   show,
   toJsonValue,
 } from '../scenario/index.ts';
+import { parseWireTarget, SyncWireClient } from '../server/sync-client.ts';
 import { colour, progress, progressDone } from './output.ts';
 import { cmdServe } from './serve.ts';
 
@@ -42,7 +43,7 @@ Exit codes: 0 ok, 1 an expectation failed, 2 usage or input error.
 Environment: PASIDKIT_DEBUG=1 checks the model's invariants after every operation;
 PASIDKIT_FAIL_NTH=N fails the Nth allocation (fault injection); NO_COLOR disables colour.`;
 
-const RUN_HELP = `Usage: pasidkit run FILE... [--json] [--trace] [--check] [--fail-nth N]
+const RUN_HELP = `Usage: pasidkit run FILE... [--json] [--trace] [--check] [--fail-nth N] [--connect SOCKET]
 
 Runs each scenario file on a fresh emulated machine, prints every step and its result, and a
 closing line "N passed, N failed" over the steps that have an expect.
@@ -51,6 +52,8 @@ closing line "N passed, N failed" over the steps that have an expect.
   --trace         show the events inside each step (notifications, walks, invalidations)
   --check         assert the model's invariants after every operation (as PASIDKIT_DEBUG=1)
   --fail-nth N    make the Nth allocation of each file fail, as the kernel's fail_nth does
+  --connect S     run family 4 (/dev/iommu, VFIO files) as a process of the pasidkit serve at
+                  S (a Unix socket path, or HOST:PORT); the other families stay local
 
 Exit codes: 0 every expectation held, 1 one failed, 2 a file was malformed or unreadable.`;
 
@@ -101,7 +104,10 @@ function formatStep(r: StepRecord, showTrace: boolean): string {
   return lines.join('\n');
 }
 
-function runFiles(files: string[], opts: { json: boolean; trace: boolean; failNth?: number }): number {
+function runFiles(
+  files: string[],
+  opts: { json: boolean; trace: boolean; failNth?: number; connect?: string },
+): number {
   let passed = 0;
   let failed = 0;
   let malformed = false;
@@ -130,7 +136,11 @@ function runFiles(files: string[], opts: { json: boolean; trace: boolean; failNt
     if (!opts.json) out(colour('bold', `${file}: ${scenario.name}`));
     const rec: FileRecord = runScenario(
       scenario,
-      { trace: opts.trace, ...(opts.failNth !== undefined ? { failNth: opts.failNth } : {}) },
+      {
+        trace: opts.trace,
+        ...(opts.failNth !== undefined ? { failNth: opts.failNth } : {}),
+        ...(opts.connect !== undefined ? { connect: opts.connect } : {}),
+      },
       (r) => {
         if (opts.json) {
           const line: Record<string, unknown> = {
@@ -164,12 +174,21 @@ function cmdRun(args: string[]): number {
     trace: { type: 'boolean' },
     check: { type: 'boolean' },
     'fail-nth': { type: 'string' },
+    connect: { type: 'string' },
   });
   if (values['help']) {
     console.log(RUN_HELP);
     return 0;
   }
   if (positionals.length === 0) throw new UsageFailure('run: no scenario files given');
+  if (typeof values['connect'] === 'string') {
+    // Refuse at once, rather than failing every family-4 step of every file.
+    try {
+      new SyncWireClient(parseWireTarget(values['connect'])).close();
+    } catch (e) {
+      throw new UsageFailure(`run: ${(e as Error).message}`);
+    }
+  }
   if (values['check']) setDebug(true);
   let failNth: number | undefined;
   if (values['fail-nth'] !== undefined) {
@@ -183,6 +202,7 @@ function cmdRun(args: string[]): number {
     json: values['json'] === true,
     trace: values['trace'] === true,
     ...(failNth !== undefined ? { failNth } : {}),
+    ...(typeof values['connect'] === 'string' ? { connect: values['connect'] } : {}),
   });
 }
 

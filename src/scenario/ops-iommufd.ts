@@ -48,7 +48,6 @@
 //   (a teardown hook the runner calls when the file ends).
 
 import { errnoName, KernelError, kerr, UsageError } from '../core/errno.ts';
-import { ioctl, ioctlValue } from '../iommufd/engine.ts';
 import {
   MAP_ANONYMOUS,
   MAP_FIXED,
@@ -77,7 +76,9 @@ import {
   UAPI_CONSTANTS,
   type UapiObject,
 } from '../iommufd/uapi/index.ts';
+import { parseWireTarget, SyncWireClient } from '../server/sync-client.ts';
 import { parseHexBytes, toHex } from './ops-hw.ts';
+import { LocalProcess, RemoteProcess, type ScenarioProcess } from './process-target.ts';
 import {
   constants,
   Handle,
@@ -121,13 +122,17 @@ const MAX_STRIDE = 4096;
 // ------------------------------------------------------------------ the process of a file
 
 interface FileState {
-  readonly proc: Process;
+  readonly proc: ScenarioProcess;
 }
 
 function fileState(ctx: StepContext): FileState {
   const sctx = ctx as ScenarioContext;
   return sctx.stateOf<FileState>('iommufd', () => {
-    const proc = ctx.machine.iommufd.spawn();
+    // Under `pasidkit run --connect`, the process is a connection to that server's host.
+    const proc: ScenarioProcess =
+      sctx.connect !== undefined
+        ? new RemoteProcess(new SyncWireClient(parseWireTarget(sctx.connect)))
+        : new LocalProcess(ctx.machine.iommufd.spawn());
     // exit(2) when the file ends: every descriptor closed (every iommufd object destroyed,
     // every pin released), the mm torn down.
     sctx.atEnd(() => proc.exit());
@@ -513,7 +518,7 @@ function encodeElem(where: string, elem: StructDef, v: unknown, slot: Uint8Array
 }
 
 /** Puts an inline pointer's data in fresh process memory; sets the pointer and its companions. */
-function place(proc: Process, conv: Record<string, unknown>, pd: Pending): Placed {
+function place(proc: ScenarioProcess, conv: Record<string, unknown>, pd: Pending): Placed {
   const { ptr, path } = pd;
   const w = `arg.${path}`;
   const typeRaw = ptr.elemBy ? getPath(conv, ptr.elemBy.field) : undefined;
@@ -571,7 +576,7 @@ function place(proc: Process, conv: Record<string, unknown>, pd: Pending): Place
 
 /** The argument bytes for `arg: {...}`: sizeof bytes, zero-extended to a larger `size`. */
 function buildArg(
-  proc: Process,
+  proc: ScenarioProcess,
   s: StructDef,
   arg: Record<string, unknown>,
 ): { bytes: Uint8Array; placed: Placed[] } {
@@ -608,7 +613,7 @@ function norm(v: unknown): OpResult {
 }
 
 /** What an inline pointer's memory holds now, in the form it was given. */
-function readPlaced(proc: Process, pl: Placed, decoded: UapiObject): OpResult {
+function readPlaced(proc: ScenarioProcess, pl: Placed, decoded: UapiObject): OpResult {
   const now = proc.peek(pl.va, pl.len);
   if (now instanceof KernelError) return now;
   if (pl.kind === 'bytes') return toHex(now);
@@ -639,7 +644,7 @@ function fdFields(v: OpResult, fresh: ReadonlySet<number>): OpResult {
 }
 
 function decodeResult(
-  proc: Process,
+  proc: ScenarioProcess,
   s: StructDef | null,
   bytes: Uint8Array,
   placed: readonly Placed[],
@@ -683,7 +688,7 @@ function runIoctl(ctx: StepContext, a: Record<string, unknown>): OpResult {
 
   if (mode === 'value') {
     const raw = a['value'] === undefined ? 0n : fitUnsigned(toInt('value', a['value']), 'u64');
-    const r = ioctlValue(proc, fd, req.cmd, raw);
+    const r = proc.ioctlValue(fd, req.cmd, raw);
     if (r.ret < 0) {
       const err = errorOf(r);
       traceCall(r.ret, err);
@@ -706,7 +711,7 @@ function runIoctl(ctx: StepContext, a: Record<string, unknown>): OpResult {
     if (!isMapping(arg)) throw new StepError('arg: a mapping of the struct fields');
     ({ bytes: sent, placed } = buildArg(proc, s, arg));
   }
-  const r = ioctl(proc, fd, req.cmd, sent);
+  const r = proc.ioctl(fd, req.cmd, sent);
   const fresh = freshFds();
   if (r.ret < 0) {
     const err = errorOf(r);
@@ -849,7 +854,8 @@ const ops: OpDef[] = [
       const flags = (a['flags'] as number | undefined) ?? 0;
       if ((flags & ~(MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB)) !== 0)
         return kerr('EINVAL', `memfd_create: unknown flags 0x${flags.toString(16)}`);
-      return fdHandle(fileState(ctx).proc.memfdCreate(a['name'] as string, (flags & MFD_HUGETLB) !== 0));
+      const fd = fileState(ctx).proc.memfdCreate(a['name'] as string, (flags & MFD_HUGETLB) !== 0);
+      return typeof fd === 'number' ? fdHandle(fd) : fd;
     },
   },
   {

@@ -41,6 +41,8 @@ export interface RunOptions {
   debug?: boolean;
   /** Arm fault injection for each file (fail the Nth allocation). */
   failNth?: number;
+  /** Run family 4 (/dev/iommu, VFIO files) on a `pasidkit serve` at this socket or HOST:PORT. */
+  connect?: string;
 }
 
 /** The per-file state that operations see through StepContext. */
@@ -55,9 +57,12 @@ export class ScenarioContext implements StepContext {
   /** State families keep per file (recorders, allocator ops, ...). */
   readonly state = new Map<string, unknown>();
   private readonly endHooks: (() => void)[] = [];
+  /** `pasidkit run --connect`: where family 4's process lives. */
+  readonly connect: string | undefined;
 
   constructor(scenario: Scenario, opts: RunOptions) {
     this.profile = scenario.profile;
+    this.connect = opts.connect;
     this.traceBuf = opts.trace ? new TraceBuffer() : null;
     const faults = new FaultInjector();
     this.machine = new Machine({

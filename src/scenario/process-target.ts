@@ -1,0 +1,183 @@
+// The process a scenario file's family-4 steps act as: either a process of the local machine's
+// iommufd host (the default), or a connection to a `pasidkit serve` (`pasidkit run --connect`),
+// which is a process of the remote host. Both offer the same calls, the ones WIRE.md defines,
+// so the family-4 operations neither know nor care where the kernel runs.
+
+import { type KernelError, kerr } from '../core/errno.ts';
+import { type IoctlResult, ioctl, ioctlValue } from '../iommufd/engine.ts';
+import type { Process } from '../iommufd/process.ts';
+import { OP } from '../server/protocol.ts';
+import { type SyncWireClient, wireError } from '../server/sync-client.ts';
+
+export interface ScenarioProcess {
+  open(path: string): number | KernelError;
+  close(fd: number): KernelError | undefined;
+  mmap(
+    length: number,
+    prot: number,
+    flags: number,
+    fd?: number,
+    offset?: number,
+    addr?: number,
+  ): number | KernelError;
+  munmap(va: number, length: number): KernelError | undefined;
+  peek(va: number, length: number): Uint8Array | KernelError;
+  poke(va: number, bytes: Uint8Array): KernelError | undefined;
+  read(fd: number, count: number): Uint8Array | KernelError;
+  write(fd: number, bytes: Uint8Array): number | KernelError;
+  memfdCreate(name: string, hugetlb?: boolean): number | KernelError;
+  ftruncate(fd: number, size: number): KernelError | undefined;
+  /** Open descriptors, when they can be known (a remote process cannot list them: []). */
+  openFds(): number[];
+  ioctl(fd: number, request: number, arg: Uint8Array): IoctlResult;
+  ioctlValue(fd: number, request: number, raw: bigint): IoctlResult;
+  exit(): void;
+}
+
+/** A process of the local host: every call goes straight to the engine. */
+export class LocalProcess implements ScenarioProcess {
+  readonly proc: Process;
+  constructor(proc: Process) {
+    this.proc = proc;
+  }
+  open(path: string) {
+    return this.proc.open(path);
+  }
+  close(fd: number) {
+    return this.proc.close(fd);
+  }
+  mmap(length: number, prot: number, flags: number, fd = -1, offset = 0, addr = 0) {
+    return this.proc.mmap(length, prot, flags, fd, offset, addr);
+  }
+  munmap(va: number, length: number) {
+    return this.proc.munmap(va, length);
+  }
+  peek(va: number, length: number) {
+    return this.proc.peek(va, length);
+  }
+  poke(va: number, bytes: Uint8Array) {
+    return this.proc.poke(va, bytes);
+  }
+  read(fd: number, count: number) {
+    return this.proc.read(fd, count);
+  }
+  write(fd: number, bytes: Uint8Array) {
+    return this.proc.write(fd, bytes);
+  }
+  memfdCreate(name: string, hugetlb = false) {
+    return this.proc.memfdCreate(name, hugetlb);
+  }
+  ftruncate(fd: number, size: number) {
+    return this.proc.ftruncate(fd, size);
+  }
+  openFds() {
+    return this.proc.openFds();
+  }
+  ioctl(fd: number, request: number, arg: Uint8Array) {
+    return ioctl(this.proc, fd, request, arg);
+  }
+  ioctlValue(fd: number, request: number, raw: bigint) {
+    return ioctlValue(this.proc, fd, request, raw);
+  }
+  exit() {
+    this.proc.exit();
+  }
+}
+
+const enc = new TextEncoder();
+
+function u64le(...vals: (number | bigint)[]): Uint8Array {
+  const b = new Uint8Array(vals.length * 8);
+  const dv = new DataView(b.buffer);
+  vals.forEach((v, i) => dv.setBigUint64(i * 8, BigInt(v), true));
+  return b;
+}
+
+/** A process on a `pasidkit serve` host: one connection, each call one frame. */
+export class RemoteProcess implements ScenarioProcess {
+  private readonly c: SyncWireClient;
+  constructor(client: SyncWireClient) {
+    this.c = client;
+  }
+  private num(op: number, fd: number, payload: Uint8Array, what: string): number | KernelError {
+    const r = this.c.call(op, fd, payload);
+    return r.ret < 0 ? wireError(r.ret, what) : r.ret;
+  }
+  private none(op: number, fd: number, payload: Uint8Array, what: string): KernelError | undefined {
+    const r = this.num(op, fd, payload, what);
+    return typeof r === 'number' ? undefined : r;
+  }
+  open(path: string) {
+    return this.num(OP.OPEN, -1, enc.encode(path), `open ${path}`);
+  }
+  close(fd: number) {
+    return this.none(OP.CLOSE, fd, new Uint8Array(0), `close ${fd}`);
+  }
+  mmap(length: number, prot: number, flags: number, fd = -1, offset = 0, addr = 0) {
+    if (addr !== 0) return kerr('EINVAL', 'mmap: the wire protocol takes no address');
+    const p = new Uint8Array(24);
+    const dv = new DataView(p.buffer);
+    dv.setBigUint64(0, BigInt(length), true);
+    dv.setUint32(8, prot, true);
+    dv.setUint32(12, flags, true);
+    dv.setBigUint64(16, BigInt(offset), true);
+    return this.num(OP.MMAP, fd, p, 'mmap');
+  }
+  munmap(va: number, length: number) {
+    return this.none(OP.MUNMAP, -1, u64le(va, length), 'munmap');
+  }
+  peek(va: number, length: number) {
+    const p = new Uint8Array(12);
+    const dv = new DataView(p.buffer);
+    dv.setBigUint64(0, BigInt(va), true);
+    dv.setUint32(8, length, true);
+    const r = this.c.call(OP.PEEK, -1, p);
+    return r.ret < 0 ? wireError(r.ret, 'peek') : r.payload;
+  }
+  poke(va: number, bytes: Uint8Array) {
+    const p = new Uint8Array(8 + bytes.length);
+    new DataView(p.buffer).setBigUint64(0, BigInt(va), true);
+    p.set(bytes, 8);
+    return this.none(OP.POKE, -1, p, 'poke');
+  }
+  read(fd: number, count: number) {
+    const p = new Uint8Array(4);
+    new DataView(p.buffer).setUint32(0, count, true);
+    const r = this.c.call(OP.READ, fd, p);
+    return r.ret < 0 ? wireError(r.ret, 'read') : r.payload;
+  }
+  write(fd: number, bytes: Uint8Array) {
+    return this.num(OP.WRITE, fd, bytes, 'write');
+  }
+  memfdCreate(name: string, hugetlb = false) {
+    if (hugetlb) return kerr('EINVAL', 'memfd_create: the wire protocol takes no flags');
+    return this.num(OP.MEMFD_CREATE, -1, enc.encode(name), 'memfd_create');
+  }
+  ftruncate(fd: number, size: number) {
+    return this.none(OP.FTRUNCATE, fd, u64le(size), 'ftruncate');
+  }
+  openFds() {
+    return [];
+  }
+  ioctl(fd: number, request: number, arg: Uint8Array): IoctlResult {
+    const p = new Uint8Array(4 + arg.length);
+    new DataView(p.buffer).setUint32(0, request >>> 0, true);
+    p.set(arg, 4);
+    const r = this.c.call(OP.IOCTL, fd, p);
+    const out = r.payload.length === arg.length ? r.payload : arg;
+    return r.ret < 0 ? { ret: r.ret, arg: out, error: wireError(r.ret, 'ioctl') } : { ret: r.ret, arg: out };
+  }
+  ioctlValue(fd: number, request: number, raw: bigint): IoctlResult {
+    const p = new Uint8Array(12);
+    const dv = new DataView(p.buffer);
+    dv.setUint32(0, request >>> 0, true);
+    dv.setBigUint64(4, raw, true);
+    const r = this.c.call(OP.IOCTL_VALUE, fd, p);
+    return r.ret < 0
+      ? { ret: r.ret, arg: new Uint8Array(0), error: wireError(r.ret, 'ioctl') }
+      : { ret: r.ret, arg: new Uint8Array(0) };
+  }
+  exit() {
+    this.c.close();
+  }
+}
