@@ -32,7 +32,7 @@ function fault(what: string): KernelError {
 /** get_user() of a u32 at `off`. */
 export function getUserU32(arg: UserArg, off: number, what = 'get_user'): number | KernelError {
   if (arg === null || off < 0 || off + 4 > arg.length) return fault(what);
-  return new DataView(arg.buffer, arg.byteOffset, arg.byteLength).getUint32(off, true);
+  return (arg[off]! | (arg[off + 1]! << 8) | (arg[off + 2]! << 16) | (arg[off + 3]! << 24)) >>> 0;
 }
 
 /** copy_from_user() of `len` bytes at `off`; all or nothing. */

@@ -185,26 +185,30 @@ export function offsetofend(s: StructDef, name: string): number {
   return hit.base + hit.f.offset + fieldSize(hit.f);
 }
 
-function view(bytes: Uint8Array): DataView {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+/** Little-endian u32 at `off` (a DataView per decode costs more than the decode: ioctls are hot). */
+function rd32(b: Uint8Array, off: number): number {
+  return (b[off]! | (b[off + 1]! << 8) | (b[off + 2]! << 16) | (b[off + 3]! << 24)) >>> 0;
 }
 
-function readScalar(dv: DataView, off: number, t: ScalarType): number | bigint {
+function readScalar(b: Uint8Array, off: number, t: ScalarType): number | bigint {
   switch (t) {
     case 'u8':
-      return dv.getUint8(off);
+      return b[off]!;
     case 'u16':
-      return dv.getUint16(off, true);
+      return b[off]! | (b[off + 1]! << 8);
     case 'u32':
-      return dv.getUint32(off, true);
+      return rd32(b, off);
     case 's32':
-      return dv.getInt32(off, true);
-    case 'u64':
-      return dv.getBigUint64(off, true);
+      return rd32(b, off) | 0;
+    case 'u64': {
+      const lo = rd32(b, off);
+      const hi = rd32(b, off + 4);
+      return hi === 0 ? BigInt(lo) : (BigInt(hi) << 32n) | BigInt(lo);
+    }
   }
 }
 
-function decodeFields(fields: readonly Field[], dv: DataView, base: number, out: UapiObject): void {
+function decodeFields(fields: readonly Field[], dv: Uint8Array, base: number, out: UapiObject): void {
   for (const f of fields) {
     if (f.type === 'union') {
       const chosen = chooseMembers(f, out);
@@ -224,7 +228,7 @@ function chooseMembers(u: UnionField, decodedSoFar: UapiObject): string | null {
   return Object.hasOwn(u.select.map, key) ? (u.select.map[key] ?? null) : null;
 }
 
-function decodeMember(f: MemberField, dv: DataView, base: number): UapiValue {
+function decodeMember(f: MemberField, dv: Uint8Array, base: number): UapiValue {
   if (f.type === 'struct') {
     const o: UapiObject = {};
     decodeFields(f.struct.fields, dv, base + f.offset, o);
@@ -251,7 +255,7 @@ export function decode<S extends StructDef>(
   const n = Math.max(0, Math.min(size, bytes.length, s.size));
   k.set(bytes.subarray(0, n));
   const out: UapiObject = {};
-  decodeFields(s.fields, view(k), 0, out);
+  decodeFields(s.fields, k, 0, out);
   return out as DecodedStruct<S>;
 }
 
