@@ -309,6 +309,21 @@ describe('RID attach: device DMA goes through the tables of the IOAS', () => {
     });
   }
 
+  test('a machine larger than the flat memory layout (16 GiB): the same, through the slot layout', () => {
+    const h = new Host({ memory: 16n << 30n, vtd: SL_ONLY });
+    assert.equal(h.m.hw.memory.flat, null);
+    const { dfd } = h.bind();
+    const ioas = h.ioas();
+    const { va, bytes } = h.filled(64 * KiB, 14);
+    h.map(ioas, va, 64 * KiB, 0x200000);
+    assert.equal(h.attach(dfd, ioas).ret, 0);
+    assert.deepEqual(h.read(0, 0x200000, 64 * KiB), bytes);
+    h.write(0, 0x208000, new Uint8Array([7, 7, 7]));
+    assert.deepEqual(h.peek(va + 0x8000, 3), new Uint8Array([7, 7, 7]));
+    h.unmap(ioas, 0x200000, 64 * KiB);
+    assert.equal(h.fault(0, 0x208000, 'read').reason, 0x86);
+  });
+
   test('a NEST_PARENT HWPT is second-stage on a unit with both stages; read-only maps into it are refused (ERRATA_772415_SPR17)', () => {
     const h = new Host();
     const { dfd, devId } = h.bind();
