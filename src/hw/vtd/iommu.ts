@@ -893,13 +893,14 @@ export class VtdIommu {
     if (
       (ce.dte === 1 && !caps.dt) ||
       (ce.paside === 1 && !caps.pasid) ||
-      (ce.pre === 1 && (!caps.prs || ce.dte === 0)) ||
-      (caps.pasid && ce.pdts > 0 && max > hwMax)
+      (ce.pre === 1 && (!caps.prs || ce.dte === 0))
     ) {
       this.fr = FR.SM_CTX_INV;
       this.fpd = ce.fpd;
       return null;
     }
+    // A directory sized beyond the unit's PASID width is not an error (Linux sizes it from the
+    // device and a page at least): PASIDs past the unit's width are simply out of range.
     if (max > hwMax) max = hwMax;
     ce.maxPasid = max;
     if (!this.pure) {
