@@ -58,7 +58,6 @@ import {
   PROT_EXEC,
   PROT_READ,
   PROT_WRITE,
-  type Process,
 } from '../iommufd/process.ts';
 import {
   build,

@@ -89,7 +89,7 @@ const enc = new TextEncoder();
 function u64le(...vals: (number | bigint)[]): Uint8Array {
   const b = new Uint8Array(vals.length * 8);
   const dv = new DataView(b.buffer);
-  vals.forEach((v, i) => dv.setBigUint64(i * 8, BigInt(v), true));
+  for (let i = 0; i < vals.length; i++) dv.setBigUint64(i * 8, BigInt(vals[i]!), true);
   return b;
 }
 
