@@ -4,7 +4,7 @@
 // replies must come back, with which tags and payload sizes; the server must never crash or
 // hang, must answer exactly that, must leave a bystander client's state untouched, and must
 // leave nothing behind once the fuzzing clients are gone. A second part measures the heap across
-// many connect/work/disconnect cycles: it must not grow.
+// many connect, work and disconnect cycles: it must not grow.
 
 import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
