@@ -28,6 +28,25 @@ import type { Tracer } from '../core/trace.ts';
 import type { PhysicalMemory } from '../hw/memory.ts';
 import { faultReasonInfo } from '../hw/vtd/faults.ts';
 import type { MsiMessage, VtdIommu } from '../hw/vtd/iommu.ts';
+import {
+  DMA_FECTL_IM,
+  DMA_FSTS_IQE,
+  DMA_FSTS_ITE,
+  DMA_FSTS_PFO,
+  DMA_FSTS_PPF,
+  DMA_FSTS_PRO,
+  DMA_GCMD_IRE,
+  DMA_GCMD_QIE,
+  DMA_GCMD_SRTP,
+  DMA_GCMD_TE,
+  DMA_GCMD_WBF,
+  DMA_GSTS_IRES,
+  DMA_GSTS_QIES,
+  DMA_GSTS_RTPS,
+  DMA_GSTS_TES,
+  DMA_GSTS_WBFS,
+  DMA_RTADDR_SMT,
+} from '../hw/vtd/regs.ts';
 import type { FrameAllocator } from './frames.ts';
 
 // ---- registers (Linux names) ----
@@ -47,23 +66,26 @@ export const DMAR_IQT_REG = 0x88;
 export const DMAR_IQA_REG = 0x90;
 export const DMAR_IQER_REG = 0xb0;
 
-export const DMA_GCMD_TE = 1 << 31;
-export const DMA_GCMD_SRTP = 1 << 30;
-export const DMA_GCMD_WBF = 1 << 27;
-export const DMA_GCMD_QIE = 1 << 26;
-export const DMA_GCMD_IRE = 1 << 25;
-export const DMA_GSTS_TES = 1 << 31;
-export const DMA_GSTS_RTPS = 1 << 30;
-export const DMA_GSTS_WBFS = 1 << 27;
-export const DMA_GSTS_QIES = 1 << 26;
-export const DMA_GSTS_IRES = 1 << 25;
-export const DMA_RTADDR_SMT = 1 << 10;
-export const DMA_FSTS_PFO = 1 << 0;
-export const DMA_FSTS_PPF = 1 << 1;
-export const DMA_FSTS_IQE = 1 << 4;
-export const DMA_FSTS_ITE = 1 << 6;
-export const DMA_FSTS_PRO = 1 << 7;
-export const DMA_FECTL_IM = 1 << 31;
+// Register bits the driver reads and writes: the hardware layer's own definitions (one layout).
+export {
+  DMA_FECTL_IM,
+  DMA_FSTS_IQE,
+  DMA_FSTS_ITE,
+  DMA_FSTS_PFO,
+  DMA_FSTS_PPF,
+  DMA_FSTS_PRO,
+  DMA_GCMD_IRE,
+  DMA_GCMD_QIE,
+  DMA_GCMD_SRTP,
+  DMA_GCMD_TE,
+  DMA_GCMD_WBF,
+  DMA_GSTS_IRES,
+  DMA_GSTS_QIES,
+  DMA_GSTS_RTPS,
+  DMA_GSTS_TES,
+  DMA_GSTS_WBFS,
+  DMA_RTADDR_SMT,
+};
 export const DMA_FRCD_F = 1 << 31;
 
 // context-cache / IOTLB invalidation granularities (the DMA_CCMD_* / DMA_TLB_* type values,
