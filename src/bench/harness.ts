@@ -18,6 +18,10 @@ export class XorShift32 {
   // Kept as int32 so the field stays a small integer (an unsigned value above 2^31 would be
   // boxed as a heap number on every store); next() gives the unsigned value.
   private x = 1;
+  /** The current state as int32, for a loop that continues the sequence inline. */
+  get state(): number {
+    return this.x;
+  }
   next(): number {
     let x = this.x;
     x ^= x << 13;

@@ -18,8 +18,33 @@ const L1_WORDS = L0_WORDS >>> 5; // 32
 const NCHUNKS = 2 ** 32 / CHUNK_IDS; // 131072
 const TOP_WORDS = NCHUNKS >>> 5; // 4096
 const LOW_CHUNKS = 64;
+const LOW_IDS = LOW_CHUNKS * CHUNK_IDS;
+
 /** Record meta bit: an SPID is attached. */
 export const META_HAS_SPID = 4;
+
+/**
+ * The compact record, one u16 per ID (`Chunk.own`). Bits 0-13: the owning set's slot + 1 (0: no
+ * set, or a slot too large to tag); bit 14: ACTIVE; bit 15: SIMPLE, the record is exactly
+ * {that set, ACTIVE, one user, no SPID} and `rec` is not written at all. That is the state of
+ * almost every live ID, and it lets alloc, free and find decide from two bytes in a dense array
+ * instead of a cold eight-byte record: on a full PASID space the random accesses of a free or a
+ * lookup hit a 2 MiB array rather than an 8 MiB one. 0 for an absent ID.
+ */
+export const OWN_SET_MASK = 0x3fff;
+export const OWN_ACTIVE = 0x4000;
+export const OWN_SIMPLE = 0x8000;
+/** Chunk.simpleOwner when SIMPLE IDs of several sets share the chunk. */
+export const SIMPLE_MIXED = -2;
+/** State value of an ACTIVE record (IOASID_STATE_ACTIVE; the table does not import the core). */
+const STATE_ACTIVE = 1;
+
+/** The compact record for (set, state) with one user and no SPID. */
+export function ownFor(setId: number, state: number): number {
+  const tag = setId >= 0 && setId < OWN_SET_MASK ? setId + 1 : 0;
+  if (tag === 0) return 0;
+  return state === STATE_ACTIVE ? tag | OWN_ACTIVE | OWN_SIMPLE : tag;
+}
 
 /** Index of the lowest set bit of a non-zero 32-bit value. */
 function ctz(x: number): number {
@@ -33,75 +58,163 @@ export class Chunk {
   l2 = 0;
   count = 0;
   /**
-   * Records (only when the table keeps them): two int32 per ID, [meta, users], with
-   * meta = (set + 1) << 3 | HAS_SPID << 2 | state. SPIDs and private data live in arrays made
-   * on first use, so a table whose IDs carry neither costs no JS array at all (allocating and
+   * Records (only when the table keeps them). `own` is the compact record above, for every
+   * present ID. `rec` holds the full record, two int32 per ID [meta, users] with
+   * meta = (set + 1) << 3 | HAS_SPID << 2 | state, and is read only where `own` lacks SIMPLE; it
+   * is made the first time such a record exists. SPIDs and private data live in arrays made on
+   * first use too, so a table whose IDs carry neither costs no JS array at all (allocating and
    * scanning large JS arrays is what a fill of the PASID space would otherwise spend its time on).
    */
-  rec!: Int32Array;
+  own!: Uint16Array;
+  /**
+   * Bit per ID: `own` has SIMPLE. While every such ID of the chunk belongs to one set,
+   * `simpleOwner` is that set's tag, and "is this ID a SIMPLE one of set S" is a bit test in a
+   * 4 KiB bitmap instead of a read of the ID's own u16: on a full PASID space the bitmaps
+   * (128 KiB) stay in the L2 cache where `own` (2 MiB) does not. 0: no SIMPLE ID; SIMPLE_MIXED:
+   * several sets (then the fast paths read `own`).
+   */
+  simple!: Int32Array;
+  simpleOwner = 0;
+  simpleCount = 0;
+  rec: Int32Array | null = null;
   spids: Int32Array | null = null;
   privs: unknown[] | null = null;
 
   constructor(records: boolean) {
-    if (records) this.rec = new Int32Array(CHUNK_IDS * 2);
+    if (records) {
+      this.own = new Uint16Array(CHUNK_IDS);
+      this.simple = new Int32Array(L0_WORDS);
+    }
+  }
+
+  /** Every write of `own` outside the hot paths goes here, which keep `simple` the same way. */
+  private setOwn(off: number, v: number): void {
+    const bit = 1 << (off & 31);
+    if ((this.simple[off >>> 5]! & bit) !== 0) this.dropSimple(off);
+    this.own[off] = v;
+    if ((v & OWN_SIMPLE) !== 0) this.addSimple(off, v & OWN_SET_MASK);
+  }
+
+  addSimple(off: number, tag: number): void {
+    this.simple[off >>> 5]! |= 1 << (off & 31);
+    if (this.simpleCount++ === 0) this.simpleOwner = tag;
+    else if (this.simpleOwner !== tag) this.simpleOwner = SIMPLE_MIXED;
+  }
+
+  dropSimple(off: number): void {
+    this.simple[off >>> 5]! &= ~(1 << (off & 31));
+    if (--this.simpleCount === 0) this.simpleOwner = 0;
+  }
+
+  private fullRec(): Int32Array {
+    if (this.rec === null) this.rec = new Int32Array(CHUNK_IDS * 2);
+    return this.rec;
   }
 
   initRecord(off: number, setId: number, state: number, priv: unknown): void {
-    const i = off << 1;
-    this.rec[i] = ((setId + 1) << 3) | state;
-    this.rec[i + 1] = 1;
+    const o = ownFor(setId, state);
+    this.setOwn(off, o);
+    if ((o & OWN_SIMPLE) === 0) {
+      const rec = this.fullRec();
+      const i = off << 1;
+      rec[i] = ((setId + 1) << 3) | state;
+      rec[i + 1] = 1;
+    }
     if (priv != null) this.setPriv(off, priv);
   }
 
+  /** The full record's meta word (a SIMPLE record is expanded on the fly). */
+  private meta(off: number): number {
+    const o = this.own[off]!;
+    if ((o & OWN_SIMPLE) !== 0) return ((o & OWN_SET_MASK) << 3) | STATE_ACTIVE;
+    // No full record made yet: an ID inserted without initRecord reads as the zero record.
+    return this.rec === null ? 0 : this.rec[off << 1]!;
+  }
+
+  /** Before a change to the record: write a SIMPLE record out to `rec` and drop the bit. */
+  private expand(off: number): Int32Array {
+    const rec = this.fullRec();
+    const o = this.own[off]!;
+    if ((o & OWN_SIMPLE) !== 0) {
+      const i = off << 1;
+      rec[i] = ((o & OWN_SET_MASK) << 3) | STATE_ACTIVE;
+      rec[i + 1] = 1;
+      this.setOwn(off, o & ~OWN_SIMPLE);
+    }
+    return rec;
+  }
+
+  /** After a change to the record: recompute `own` from `rec` (SIMPLE again when it qualifies). */
+  private settle(off: number): void {
+    const i = off << 1;
+    const meta = this.rec![i]!;
+    const setId = (meta >> 3) - 1;
+    const state = meta & 3;
+    const base = ownFor(setId, state);
+    if (base === 0) this.setOwn(off, 0);
+    else if ((meta & META_HAS_SPID) === 0 && this.rec![i + 1] === 1) this.setOwn(off, base);
+    else this.setOwn(off, base & ~OWN_SIMPLE);
+  }
+
   getUsers(off: number): number {
-    return this.rec[(off << 1) | 1]!;
+    if ((this.own[off]! & OWN_SIMPLE) !== 0) return 1;
+    return this.rec === null ? 0 : this.rec[(off << 1) | 1]!;
   }
 
   setUsers(off: number, v: number): void {
-    this.rec[(off << 1) | 1] = v;
+    this.expand(off)[(off << 1) | 1] = v;
+    this.settle(off);
   }
 
   /** Adds d to the users count; returns the new count. */
   addUsers(off: number, d: number): number {
+    const rec = this.expand(off);
     const i = (off << 1) | 1;
-    const v = this.rec[i]! + d;
-    this.rec[i] = v;
+    const v = rec[i]! + d;
+    rec[i] = v;
+    this.settle(off);
     return v;
   }
 
   getState(off: number): number {
-    return this.rec[off << 1]! & 3;
+    return this.meta(off) & 3;
   }
 
   setState(off: number, state: number): void {
+    const rec = this.expand(off);
     const i = off << 1;
-    this.rec[i] = (this.rec[i]! & ~3) | state;
+    rec[i] = (rec[i]! & ~3) | state;
+    this.settle(off);
   }
 
   /** The set slot of the record (-1: no set). */
   getSet(off: number): number {
-    return (this.rec[off << 1]! >> 3) - 1;
+    return (this.meta(off) >> 3) - 1;
   }
 
   setSet(off: number, setId: number): void {
+    const rec = this.expand(off);
     const i = off << 1;
-    this.rec[i] = ((setId + 1) << 3) | (this.rec[i]! & 7);
+    rec[i] = ((setId + 1) << 3) | (rec[i]! & 7);
+    this.settle(off);
   }
 
   /** The SPID, or 0xFFFFFFFF (INVALID_IOASID) when none is attached. */
   getSpid(off: number): number {
-    return (this.rec[off << 1]! & META_HAS_SPID) !== 0 ? this.spids![off]! >>> 0 : 0xffffffff;
+    return (this.meta(off) & META_HAS_SPID) !== 0 ? this.spids![off]! >>> 0 : 0xffffffff;
   }
 
   setSpid(off: number, spid: number): void {
+    const rec = this.expand(off);
     const i = off << 1;
     if (spid === 0xffffffff) {
-      this.rec[i] = this.rec[i]! & ~META_HAS_SPID;
-      return;
+      rec[i] = rec[i]! & ~META_HAS_SPID;
+    } else {
+      if (this.spids === null) this.spids = new Int32Array(CHUNK_IDS);
+      this.spids[off] = spid | 0;
+      rec[i] = rec[i]! | META_HAS_SPID;
     }
-    if (this.spids === null) this.spids = new Int32Array(CHUNK_IDS);
-    this.spids[off] = spid | 0;
-    this.rec[i] = this.rec[i]! | META_HAS_SPID;
+    this.settle(off);
   }
 
   getPriv(off: number): unknown {
@@ -114,6 +227,57 @@ export class Chunk {
       this.privs = new Array<unknown>(CHUNK_IDS).fill(null);
     }
     this.privs[off] = priv ?? null;
+  }
+
+  /** The compact records agree with the bitmap and the full records (for IdTable.check). */
+  checkOwn(): string | undefined {
+    const words = new Int32Array(this.own.buffer, this.own.byteOffset, CHUNK_IDS >>> 1);
+    let count = 0;
+    let owner = 0;
+    for (let w = 0; w < L0_WORDS; w++) {
+      const used = this.l0[w]!;
+      const simple = this.simple[w]!;
+      if ((simple & ~used) !== 0) return `word ${w}: SIMPLE bits on absent IDs`;
+      if (used === 0) {
+        // No ID of this word is present: its 32 compact records (16 int32) must all be 0.
+        for (let k = w << 4; k < (w + 1) << 4; k++)
+          if (words[k] !== 0) return `absent IDs of word ${w} have compact records`;
+        continue;
+      }
+      for (let b = 0; b < 32; b++) {
+        const off = (w << 5) | b;
+        const bad = this.checkOwnAt(off, (used & (1 << b)) !== 0);
+        if (bad !== undefined) return bad;
+        const o = this.own[off]!;
+        const isSimple = ((simple >>> b) & 1) === 1;
+        if (isSimple !== ((o & OWN_SIMPLE) !== 0)) return `offset ${off}: SIMPLE bit disagrees with ${o}`;
+        if (isSimple) {
+          const tag = o & OWN_SET_MASK;
+          owner = count++ === 0 ? tag : owner === tag ? owner : SIMPLE_MIXED;
+        }
+      }
+    }
+    if (count !== this.simpleCount) return `SIMPLE count ${this.simpleCount} but ${count} bits`;
+    // A chunk once mixed stays so until its last SIMPLE ID goes, even if one set is left.
+    if (this.simpleOwner !== owner && !(this.simpleOwner === SIMPLE_MIXED && count > 0))
+      return `SIMPLE owner ${this.simpleOwner} but the IDs give ${owner}`;
+    return undefined;
+  }
+
+  private checkOwnAt(off: number, present: boolean): string | undefined {
+    const o = this.own[off]!;
+    if (!present) return o === 0 ? undefined : `absent offset ${off} has compact record ${o}`;
+    if ((o & OWN_SIMPLE) !== 0) {
+      return (o & OWN_ACTIVE) === 0 || (o & OWN_SET_MASK) === 0
+        ? `offset ${off}: SIMPLE compact record ${o} without a set or ACTIVE`
+        : undefined;
+    }
+    const meta = this.rec === null ? 0 : this.rec[off << 1]!;
+    const users = this.rec === null ? 0 : this.rec[(off << 1) | 1]!;
+    const base = ownFor((meta >> 3) - 1, meta & 3);
+    const simple = (meta & META_HAS_SPID) === 0 && users === 1;
+    const want = base === 0 ? 0 : simple ? base : base & ~OWN_SIMPLE;
+    return o === want ? undefined : `offset ${off}: compact record ${o} but the full record gives ${want}`;
   }
 
   /** Bookkeeping after a bit set made l0 word w all ones. */
@@ -155,7 +319,7 @@ export class IdTable {
    * PASID) sit in a small packed array, the rest in a Map: a 2^17-slot array would fall into
    * V8's slow dictionary mode.
    */
-  private readonly low: (Chunk | undefined)[] = Array.from({ length: LOW_CHUNKS }, () => undefined);
+  readonly low: (Chunk | undefined)[] = Array.from({ length: LOW_CHUNKS }, () => undefined);
   private readonly high = new Map<number, Chunk>();
   private readonly full = new Int32Array(TOP_WORDS);
   /** Indices of the chunks made so far, ascending, so scans skip the empty space. */
@@ -185,6 +349,12 @@ export class IdTable {
     return (ch.l0[off >>> 5]! & (1 << (off & 31))) !== 0 ? ch : undefined;
   }
 
+  /** The chunk that would hold `id`, whether or not the ID is present. */
+  chunkAt(id: number): Chunk | undefined {
+    const ci = id >>> CHUNK_SHIFT;
+    return ci < LOW_CHUNKS ? this.low[ci] : this.high.get(ci);
+  }
+
   private chunk(ci: number): Chunk | undefined {
     return ci < LOW_CHUNKS ? this.low[ci] : this.high.get(ci);
   }
@@ -202,6 +372,14 @@ export class IdTable {
    * goes through lowestFree and insert. The chunk is left in `lastChunk` for the record.
    */
   takeLowest(min: number, max: number): number {
+    return this.takeLowestOwn(min, max, -1);
+  }
+
+  /**
+   * takeLowest, and when `own` is not -1 the new ID's compact record is set to it in the same
+   * step (the core's fast alloc), so the chunk is not looked up again.
+   */
+  private takeLowestOwn(min: number, max: number, own: number): number {
     const start = min >= this.hintLo && min <= this.hintHi ? this.hintHi : min;
     const ci = start >>> CHUNK_SHIFT;
     if (start <= max && ci < LOW_CHUNKS) {
@@ -222,12 +400,12 @@ export class IdTable {
             if (++ch.count === CHUNK_IDS) this.full[ci >>> 5]! |= 1 << (ci & 31);
             this.size++;
             // [start, id) are used; with the ID just taken, [.., id] is one used run.
-            if (start === this.hintHi) this.hintHi = id + 1;
-            else {
-              this.hintLo = start;
-              this.hintHi = id + 1;
-            }
-            this.lastChunk = ch;
+            if (start !== this.hintHi) this.hintLo = start;
+            this.hintHi = id + 1;
+            if (own !== -1) {
+              ch.own[(w << 5) | b] = own;
+              ch.addSimple((w << 5) | b, own & OWN_SET_MASK);
+            } else this.lastChunk = ch;
             return id;
           }
         }
@@ -235,8 +413,64 @@ export class IdTable {
     }
     const id = this.lowestFree(min, max);
     if (id < 0) return -1;
-    this.lastChunk = this.insert(id);
+    const ch = this.insert(id);
+    if (own !== -1) {
+      ch.own[id & CHUNK_MASK] = own;
+      ch.addSimple(id & CHUNK_MASK, own & OWN_SET_MASK);
+    } else this.lastChunk = ch;
     return id;
+  }
+
+  /**
+   * The core's fast alloc: takeLowest, then the compact record `own` (a SIMPLE value, see
+   * OWN_SIMPLE) and the private data. -1 if no ID in [min, max] is free.
+   */
+  allocOwned(min: number, max: number, own: number, priv: unknown): number {
+    const id = this.takeLowestOwn(min, max, own);
+    if (priv !== null && id >= 0) this.chunkAt(id)!.setPriv(id & CHUNK_MASK, priv);
+    return id;
+  }
+
+  /**
+   * The core's fast find: the private data of `id` if it is an ACTIVE ID of the set whose
+   * compact tag is `ownTag` (`findTag` = tag | ACTIVE), else undefined (never stored: no private
+   * data is null), which sends the caller to the full path, the one that tells the reasons
+   * apart. Comparing with undefined is a pointer compare, where a sentinel object imported from
+   * here would cost a generic equality call. Only the low chunks: a Map lookup here would double
+   * the code the caller's loop inlines.
+   */
+  lookupActive(id: number, ownTag: number, findTag: number): unknown {
+    if (id >>> 0 !== id || id >= LOW_IDS) return undefined;
+    const ch = this.low[id >>> CHUNK_SHIFT];
+    if (ch === undefined) return undefined;
+    const off = id & CHUNK_MASK;
+    if (
+      ch.simpleOwner === ownTag
+        ? (ch.simple[off >>> 5]! & (1 << (off & 31))) !== 0 || (ch.own[off]! & ~OWN_SIMPLE) === findTag
+        : (ch.own[off]! & ~OWN_SIMPLE) === findTag
+    ) {
+      const privs = ch.privs;
+      return privs === null ? null : privs[off];
+    }
+    return undefined;
+  }
+
+  /**
+   * The core's fast free: if `id` is present with exactly the compact record `own` (a SIMPLE
+   * value: that set, ACTIVE, one user, no SPID), remove it and return true; otherwise change
+   * nothing and return false. One u16 compare decides, with no presence test first: `own` is 0
+   * for every absent ID.
+   */
+  freeOwned(id: number, own: number): boolean {
+    const ci = id >>> CHUNK_SHIFT;
+    const ch = ci < LOW_CHUNKS ? this.low[ci] : this.high.get(ci);
+    if (id >>> 0 !== id || ch === undefined) return false;
+    const off = id & CHUNK_MASK;
+    if (ch.simpleOwner === (own & OWN_SET_MASK)) {
+      if ((ch.simple[off >>> 5]! & (1 << (off & 31))) === 0) return false;
+    } else if (ch.own[off] !== own) return false;
+    this.remove(ch, id);
+    return true;
   }
 
   /** Lowest ID not in the table within [min, max] (inclusive, 0 <= min, max <= 0xFFFFFFFF), or -1. */
@@ -324,8 +558,11 @@ export class IdTable {
     ch.l2 &= ~(1 << (w >>> 5));
     if (ch.count-- === CHUNK_IDS) this.full[ci >>> 5]! &= ~(1 << (ci & 31));
     if (this.records) {
-      // Drop the reference now (the kernel frees the record); clear the SPID bit with the rest.
-      ch.rec[off << 1] = 0;
+      // Drop the reference now (the kernel frees the record). `rec` may keep stale words: it is
+      // read only for present IDs whose `own` lacks SIMPLE, and initRecord rewrites it.
+      // Through the bitmap, not a read of own[off]: that would be the one cache miss of a free.
+      if ((ch.simple[w]! & (1 << (off & 31))) !== 0) ch.dropSimple(off);
+      ch.own[off] = 0;
       if (ch.privs !== null) ch.privs[off] = null;
     }
     this.size--;
@@ -390,6 +627,10 @@ export class IdTable {
           return `chunk ${ci} l1 word ${j}: l2 bit disagrees`;
       }
       if (n !== ch.count) return `chunk ${ci}: count ${ch.count} but ${n} bits set`;
+      if (this.records) {
+        const bad = ch.checkOwn();
+        if (bad !== undefined) return `chunk ${ci}: ${bad}`;
+      }
       if (isFull !== (n === CHUNK_IDS)) return `chunk ${ci}: top-level full bit disagrees`;
       total += n;
     }

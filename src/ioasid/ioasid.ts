@@ -15,7 +15,14 @@ import { type KernelError, kerr } from '../core/errno.ts';
 import { FaultInjector } from '../core/fault.ts';
 import { debugEnabled, InvariantError } from '../core/invariants.ts';
 import type { Tracer } from '../core/trace.ts';
-import { type Chunk, ID_TABLE_CHUNK_MASK, IdTable } from './id-table.ts';
+import {
+  type Chunk,
+  ID_TABLE_CHUNK_MASK,
+  IdTable,
+  OWN_ACTIVE,
+  OWN_SET_MASK,
+  OWN_SIMPLE,
+} from './id-table.ts';
 import {
   IOASID_NOTIFY_ALLOC,
   IOASID_NOTIFY_BIND,
@@ -62,17 +69,53 @@ export class IoasidSet {
   nrIoasids = 0;
   ref = 1;
   /** Destroyed: no API accepts the handle; the slot lives on until its last FREE_PENDING ID is reclaimed. */
-  dead = false;
+  get dead(): boolean {
+    return this.isDead;
+  }
+  set dead(v: boolean) {
+    this.isDead = v;
+    this.refreshFast();
+  }
+  private isDead = false;
   readonly nh = new NotifierChain();
   /** SPID -> system IOASID, for uniqueness and ioasid_find_by_spid. */
   readonly spids = new Map<number, number>();
+  /** The core that made the set (null for a handle made outside one: no fast path accepts it). */
+  readonly core: object | null;
+  /**
+   * The compact record (id-table.ts OWN_*) of an ID of this set in the common state, while the
+   * fast paths may take it: set live, no set notifier to call. -1 otherwise.
+   */
+  fastTag = -1;
+  /** The compact record bits that make an ID findable in this set (live set, ACTIVE ID); -1 if none. */
+  findTag = -1;
+  /** The set's tag in compact records (slot + 1) while it is live; -1 otherwise. */
+  ownTag = -1;
 
-  constructor(id: number, token: unknown, type: number, quota: number, reserves: boolean) {
+  constructor(
+    id: number,
+    token: unknown,
+    type: number,
+    quota: number,
+    reserves: boolean,
+    core: object | null = null,
+  ) {
     this.id = id;
     this.token = token;
     this.type = type;
     this.quota = quota;
     this.reserves = reserves;
+    this.core = core;
+    this.nh.onChange = () => this.refreshFast();
+    this.refreshFast();
+  }
+
+  private refreshFast(): void {
+    const tag = this.id + 1;
+    const ok = this.core !== null && !this.isDead && tag <= OWN_SET_MASK;
+    this.ownTag = ok ? tag : -1;
+    this.findTag = ok ? tag | OWN_ACTIVE : -1;
+    this.fastTag = ok && this.nh.length === 0 ? tag | OWN_ACTIVE | OWN_SIMPLE : -1;
   }
 
   toString(): string {
@@ -117,8 +160,30 @@ function isU32(x: number): boolean {
 export class IoasidCore {
   readonly profile: IoasidProfile;
   readonly faults: FaultInjector;
-  tracer: Tracer | null;
-  debug: boolean;
+  private tracerFn: Tracer | null = null;
+  private debugOn = false;
+
+  get tracer(): Tracer | null {
+    return this.tracerFn;
+  }
+  set tracer(t: Tracer | null) {
+    this.tracerFn = t;
+    this.refreshFast();
+  }
+  get debug(): boolean {
+    return this.debugOn;
+  }
+  set debug(on: boolean) {
+    this.debugOn = on;
+    this.refreshFast();
+  }
+  /**
+   * The fast paths of alloc and find may run: v3, the default allocator, no invariant checks
+   * and no tracer (fault injection is checked per call: the injector is armed from outside).
+   * `fastFree` adds: no global notifier to call.
+   */
+  private fast = false;
+  private fastFree = false;
 
   private readonly refcounted: boolean;
   private readonly v3: boolean;
@@ -132,6 +197,8 @@ export class IoasidCore {
   private readonly defaultAllocator: AllocatorData = { ops: null, slist: [], table: new IdTable(true) };
   private readonly allocators: AllocatorData[] = [];
   private active: AllocatorData;
+  /** `active.table`, one load closer for the hot paths. */
+  private table: IdTable;
   /** Tracking tables by allocator functions, so IDs orphaned at a switch are found again if those functions return (P10). */
   private readonly tablesByFns = new Map<
     IoasidAllocatorOps['alloc'],
@@ -149,11 +216,26 @@ export class IoasidCore {
   constructor(opts: IoasidCoreOptions = {}) {
     this.profile = opts.profile ?? 'v3';
     this.faults = opts.faults ?? new FaultInjector();
-    this.tracer = opts.tracer ?? null;
-    this.debug = opts.debug ?? debugEnabled();
+    this.tracerFn = opts.tracer ?? null;
+    this.debugOn = opts.debug ?? debugEnabled();
     this.refcounted = this.profile === 'v3' || this.profile === 'm511';
     this.v3 = this.profile === 'v3';
     this.active = this.defaultAllocator;
+    this.table = this.defaultAllocator.table;
+    this.globalChain.onChange = () => this.refreshFast();
+    this.refreshFast();
+  }
+
+  private refreshFast(): void {
+    this.fast = this.v3 && !this.debugOn && this.tracerFn === null && this.active === this.defaultAllocator;
+    this.fastFree = this.fast && this.globalChain.length === 0;
+  }
+
+  /** Switch the active allocator (and the table every ID operation looks in). */
+  private activate(a: AllocatorData): void {
+    this.active = a;
+    this.table = a.table;
+    this.refreshFast();
   }
 
   // ---------------------------------------------------------------- helpers
@@ -387,7 +469,7 @@ export class IoasidCore {
     const id = this.setIds.lowestFree(0, MAX_SET_ID);
     if (id < 0) return kerr('ENOSPC', 'ioasid_set_alloc: no set ID left in ioasid_sets');
     this.setIds.insert(id);
-    const set = new IoasidSet(id, token, type, quota, reserves);
+    const set = new IoasidSet(id, token, type, quota, reserves, this);
     this.sets[id] = set;
     if (reserves) this.capacityAvail -= quota;
     return set;
@@ -515,35 +597,30 @@ export class IoasidCore {
 
   /** Lowest free ID in [min, max] from the active allocator, or INVALID_IOASID on any failure (P1). */
   ioasidAlloc(set: IoasidSet | null, min: number, max: number, priv: unknown = null): number {
-    // The common case in a few loads and stores: a live set with room and no listeners, the
-    // default allocator, nothing watching (debug, trace, fault injection). Anything else, and
-    // any failure, takes the full path below, which is the reference the fast path must equal.
+    // The common case in a few loads and stores: a live set of this core with room and no
+    // listeners, the default allocator, nothing watching (debug, trace, fault injection). Anything
+    // else, and any failure, takes the full path below, which is the reference the fast path
+    // must equal (fastpath.test.ts).
     if (
+      this.fast &&
       set !== null &&
-      min >>> 0 === min &&
-      max >>> 0 === max &&
+      set.fastTag > 0 &&
+      set.core === this &&
+      set.nrIoasids < set.quota &&
+      // Non-negative int32 bounds, min <= max: int32 compares only, and max < INVALID_IOASID.
+      (min | 0) === min &&
+      (max | 0) === max &&
+      min >= 0 &&
       min <= max &&
-      max !== INVALID_IOASID &&
-      this.v3 &&
-      this.quiet()
+      !this.faults.armed
     ) {
-      const sid = set.id;
-      if (this.sets[sid] === set && !set.dead && set.nrIoasids < set.quota && set.nh.length === 0) {
-        const table = this.active.table;
-        const id = table.takeLowest(min, max);
-        if (id >= 0) {
-          table.lastChunk!.initRecord(id & ID_TABLE_CHUNK_MASK, sid, IOASID_STATE_ACTIVE, priv);
-          set.nrIoasids++;
-          return id;
-        }
+      const id = this.table.allocOwned(min, max, set.fastTag, priv);
+      if (id >= 0) {
+        set.nrIoasids++;
+        return id;
       }
     }
     return this.allocFull(set, min, max, priv);
-  }
-
-  /** Nothing observes the core (no debug checks, tracer, armed faults) and the default allocator is active. */
-  private quiet(): boolean {
-    return !this.debug && this.tracer === null && this.active === this.defaultAllocator && !this.faults.armed;
   }
 
   private allocFull(set: IoasidSet | null, min: number, max: number, priv: unknown): number {
@@ -605,29 +682,18 @@ export class IoasidCore {
 
   /** v3 ioasid_free(set, id): start the free (FREE_PENDING, FREE event), drop the allocation reference. */
   ioasidFree(set: IoasidSet | null, id: number): void {
-    // Fast path: an ACTIVE ID of this live set, no SPID, nobody listening or watching.
-    if (set !== null && id >>> 0 === id && this.v3 && this.globalChain.length === 0 && this.quiet()) {
-      const sid = set.id;
-      if (this.sets[sid] === set && !set.dead && set.nh.length === 0) {
-        const table = this.active.table;
-        const ch = table.chunkOf(id);
-        if (ch !== undefined) {
-          const i = (id & ID_TABLE_CHUNK_MASK) << 1;
-          const rec = ch.rec;
-          // ACTIVE, owned by this set, no SPID: one compare.
-          if (rec[i] === (((sid + 1) << 3) | IOASID_STATE_ACTIVE)) {
-            const users = rec[i + 1]! - 1;
-            if (users === 0) {
-              table.remove(ch, id);
-              set.nrIoasids--;
-            } else {
-              rec[i] = ((sid + 1) << 3) | IOASID_STATE_FREE_PENDING;
-              rec[i + 1] = users;
-            }
-            return;
-          }
-        }
-      }
+    // Fast path: an ID of this set in the common state (ACTIVE, one user, no SPID), nobody
+    // listening or watching. Freeing it reclaims it at once, as the full path would.
+    if (
+      this.fastFree &&
+      set !== null &&
+      set.fastTag > 0 &&
+      set.core === this &&
+      !this.faults.armed &&
+      this.table.freeOwned(id, set.fastTag)
+    ) {
+      set.nrIoasids--;
+      return;
     }
     this.freeFull(set, id);
   }
@@ -738,17 +804,24 @@ export class IoasidCore {
 
   /** Private data of an ID, or ENOENT (unknown or, in v3, being freed: P2) / EACCES (other set). */
   ioasidFind(set: IoasidSet | null, id: number, getter?: (priv: unknown) => boolean): unknown {
-    // Kept small so that it inlines into the caller's loop; every failure is built out of line.
-    const ch = id >>> 0 === id ? this.active.table.chunkOf(id) : undefined;
+    // Kept small so that it inlines into the caller's loop: an ACTIVE ID of a live set of this
+    // core is a bit test. Everything else is decided out of line.
+    if (set !== null && set.core === this) {
+      const priv = this.table.lookupActive(id, set.ownTag, set.findTag);
+      if (priv !== undefined) return getter === undefined || getter(priv) ? priv : null;
+    }
+    return this.findFull(set, id, getter);
+  }
+
+  private findFull(set: IoasidSet | null, id: number, getter?: (priv: unknown) => boolean): unknown {
+    const ch = isU32(id) ? this.table.chunkOf(id) : undefined;
     if (ch !== undefined) {
       const off = id & ID_TABLE_CHUNK_MASK;
-      const meta = ch.rec[off << 1]!;
       if (
-        ((meta & 3) !== IOASID_STATE_FREE_PENDING || !this.v3) &&
-        (set === null || ((meta >> 3) - 1 === set.id && this.sets[set.id] === set))
+        (ch.getState(off) !== IOASID_STATE_FREE_PENDING || !this.v3) &&
+        (set === null || this.owns(set, ch.getSet(off)))
       ) {
-        const privs = ch.privs;
-        const priv = privs === null ? null : privs[off];
+        const priv = ch.getPriv(off);
         return getter === undefined || getter(priv) ? priv : null;
       }
     }
@@ -892,7 +965,7 @@ export class IoasidCore {
           );
         const a: AllocatorData = { ops, slist: [ops], table: this.tableFor(ops) };
         this.allocators.push(a);
-        this.active = a;
+        this.activate(a);
         this.trace('allocator', 'active', a);
         return 0;
       }
@@ -935,8 +1008,8 @@ export class IoasidCore {
             ids: a.table.ids(),
           });
         }
-        if (this.allocators.length === 0) this.active = this.defaultAllocator;
-        else if (this.active === a) this.active = this.allocators[0]!;
+        if (this.allocators.length === 0) this.activate(this.defaultAllocator);
+        else if (this.active === a) this.activate(this.allocators[0]!);
         this.trace('allocator', 'active', this.active);
         return;
       }

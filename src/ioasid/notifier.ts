@@ -57,6 +57,8 @@ export interface ChainEntry {
 
 export class NotifierChain {
   private entries: ChainEntry[] = [];
+  /** Called after every change of membership (the core keeps its fast-path flags by it). */
+  onChange: (() => void) | null = null;
 
   get length(): number {
     return this.entries.length;
@@ -76,6 +78,7 @@ export class NotifierChain {
     const next = this.entries.slice();
     next.splice(i, 0, { nb, priority });
     this.entries = next;
+    this.onChange?.();
     return true;
   }
 
@@ -85,6 +88,7 @@ export class NotifierChain {
     const next = this.entries.slice();
     next.splice(i, 1);
     this.entries = next;
+    this.onChange?.();
     return true;
   }
 
@@ -114,5 +118,6 @@ export class NotifierChain {
 
   clear(): void {
     this.entries = [];
+    this.onChange?.();
   }
 }
