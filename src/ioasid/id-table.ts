@@ -34,7 +34,7 @@ export const META_HAS_SPID = 4;
 export const OWN_SET_MASK = 0x3fff;
 export const OWN_ACTIVE = 0x4000;
 export const OWN_SIMPLE = 0x8000;
-/** Chunk.simpleOwner when SIMPLE IDs of several sets share the chunk. */
+/** SimpleGroup.owner when SIMPLE IDs of several sets share the group. */
 export const SIMPLE_MIXED = -2;
 /** State value of an ACTIVE record (IOASID_STATE_ACTIVE; the table does not import the core). */
 const STATE_ACTIVE = 1;
@@ -44,6 +44,36 @@ export function ownFor(setId: number, state: number): number {
   const tag = setId >= 0 && setId < OWN_SET_MASK ? setId + 1 : 0;
   if (tag === 0) return 0;
   return state === STATE_ACTIVE ? tag | OWN_ACTIVE | OWN_SIMPLE : tag;
+}
+
+/** Who owns the SIMPLE IDs of some chunks: the low chunks share one group, a high chunk has its own. */
+export class SimpleGroup {
+  /** 0: no SIMPLE ID; a set tag: all are that set's; SIMPLE_MIXED: several sets'. */
+  owner = 0;
+  count = 0;
+}
+
+/** Private data of some chunks: one flat array for the low chunks, one per high chunk; made on first use. */
+export class PrivStore {
+  privs: unknown[] | null = null;
+  cap: number;
+  constructor(cap: number) {
+    this.cap = cap;
+  }
+}
+
+/** The owner of two groups of SIMPLE IDs taken together (`b` holding `bCount` of them). */
+function mergeOwner(a: number, b: number, bCount: number): number {
+  if (bCount === 0) return a;
+  return a === b ? a : SIMPLE_MIXED;
+}
+
+/** A group's counters against a count taken from the bitmaps (a group once mixed may stay so). */
+function checkGroup(g: SimpleGroup, owner: number, count: number): string | undefined {
+  if (g.count !== count) return `SIMPLE count ${g.count} but ${count} bits`;
+  if (g.owner !== owner && !(g.owner === SIMPLE_MIXED && count > 0))
+    return `SIMPLE owner ${g.owner} but the IDs give ${owner}`;
+  return undefined;
 }
 
 /** Index of the lowest set bit of a non-zero 32-bit value. */
@@ -67,24 +97,30 @@ export class Chunk {
    */
   own!: Uint16Array;
   /**
-   * Bit per ID: `own` has SIMPLE. While every such ID of the chunk belongs to one set,
-   * `simpleOwner` is that set's tag, and "is this ID a SIMPLE one of set S" is a bit test in a
-   * 4 KiB bitmap instead of a read of the ID's own u16: on a full PASID space the bitmaps
-   * (128 KiB) stay in the L2 cache where `own` (2 MiB) does not. 0: no SIMPLE ID; SIMPLE_MIXED:
-   * several sets (then the fast paths read `own`).
+   * Bit per ID: `own` has SIMPLE. While every such ID of the chunk's group belongs to one set,
+   * `grp.owner` is that set's tag, and "is this ID a SIMPLE one of set S" is a bit test in a
+   * bitmap instead of a read of the ID's own u16: on a full PASID space the bitmap (128 KiB)
+   * stays in the L2 cache where `own` (2 MiB) does not.
    */
   simple!: Int32Array;
-  simpleOwner = 0;
-  simpleCount = 0;
+  grp!: SimpleGroup;
+  /** Private data: `store.privs[base + off]`. */
+  store!: PrivStore;
+  base = 0;
   rec: Int32Array | null = null;
   spids: Int32Array | null = null;
-  privs: unknown[] | null = null;
 
+  /**
+   * A chunk of a table with records gets its compact arrays from the table: views into the
+   * table's flat arrays for the low chunks (so the hot paths index them by ID, with no chunk
+   * lookup), arrays of its own above.
+   */
   constructor(records: boolean) {
-    if (records) {
-      this.own = new Uint16Array(CHUNK_IDS);
-      this.simple = new Int32Array(L0_WORDS);
-    }
+    if (!records) return;
+    this.own = new Uint16Array(CHUNK_IDS);
+    this.simple = new Int32Array(L0_WORDS);
+    this.grp = new SimpleGroup();
+    this.store = new PrivStore(CHUNK_IDS);
   }
 
   /** Every write of `own` outside the hot paths goes here, which keep `simple` the same way. */
@@ -97,13 +133,15 @@ export class Chunk {
 
   addSimple(off: number, tag: number): void {
     this.simple[off >>> 5]! |= 1 << (off & 31);
-    if (this.simpleCount++ === 0) this.simpleOwner = tag;
-    else if (this.simpleOwner !== tag) this.simpleOwner = SIMPLE_MIXED;
+    const g = this.grp;
+    if (g.count++ === 0) g.owner = tag;
+    else if (g.owner !== tag) g.owner = SIMPLE_MIXED;
   }
 
   dropSimple(off: number): void {
     this.simple[off >>> 5]! &= ~(1 << (off & 31));
-    if (--this.simpleCount === 0) this.simpleOwner = 0;
+    const g = this.grp;
+    if (--g.count === 0) g.owner = 0;
   }
 
   private fullRec(): Int32Array {
@@ -218,15 +256,23 @@ export class Chunk {
   }
 
   getPriv(off: number): unknown {
-    return this.privs === null ? null : this.privs[off];
+    const p = this.store.privs;
+    return p === null ? null : p[this.base + off];
   }
 
   setPriv(off: number, priv: unknown): void {
-    if (this.privs === null) {
+    const st = this.store;
+    if (st.privs === null) {
       if (priv == null) return;
-      this.privs = new Array<unknown>(CHUNK_IDS).fill(null);
+      st.privs = new Array<unknown>(st.cap).fill(null);
     }
-    this.privs[off] = priv ?? null;
+    st.privs[this.base + off] = priv ?? null;
+  }
+
+  /** Drop the private data reference (the ID is going). */
+  clearPriv(off: number): void {
+    const p = this.store.privs;
+    if (p !== null) p[this.base + off] = null;
   }
 
   /** The compact records agree with the bitmap and the full records (for IdTable.check). */
@@ -257,12 +303,14 @@ export class Chunk {
         }
       }
     }
-    if (count !== this.simpleCount) return `SIMPLE count ${this.simpleCount} but ${count} bits`;
-    // A chunk once mixed stays so until its last SIMPLE ID goes, even if one set is left.
-    if (this.simpleOwner !== owner && !(this.simpleOwner === SIMPLE_MIXED && count > 0))
-      return `SIMPLE owner ${this.simpleOwner} but the IDs give ${owner}`;
+    this.checkedSimple = count;
+    this.checkedOwner = owner;
     return undefined;
   }
+
+  /** What the last checkOwn counted (the table adds them up per group). */
+  checkedSimple = 0;
+  checkedOwner = 0;
 
   private checkOwnAt(off: number, present: boolean): string | undefined {
     const o = this.own[off]!;
@@ -325,6 +373,18 @@ export class IdTable {
   /** Indices of the chunks made so far, ascending, so scans skip the empty space. */
   private readonly made: number[] = [];
   private readonly records: boolean;
+  /**
+   * The compact records, SIMPLE bitmap and private data of the low chunks, flat and indexed by
+   * ID: the hot paths of the core (find above all) then reach an ID's state in one typed-array
+   * access, not through a chunk object (each hop is several dependent loads, and a random
+   * lookup's cost is set by how many such loads sit in front of its cache misses). Cover chunks
+   * [0, lowCap / 2^15), grown by doubling as low chunks are made.
+   */
+  lowOwn = new Uint16Array(0);
+  lowSimple = new Int32Array(0);
+  lowCap = 0;
+  readonly lowGroup = new SimpleGroup();
+  readonly lowStore = new PrivStore(0);
   /** Number of IDs in the table. */
   size = 0;
   /** Every ID below this one is in the table: searches from below it may start here. */
@@ -440,17 +500,14 @@ export class IdTable {
    * the code the caller's loop inlines.
    */
   lookupActive(id: number, ownTag: number, findTag: number): unknown {
-    if (id >>> 0 !== id || id >= LOW_IDS) return undefined;
-    const ch = this.low[id >>> CHUNK_SHIFT];
-    if (ch === undefined) return undefined;
-    const off = id & CHUNK_MASK;
+    if (id >>> 0 !== id || id >= this.lowCap) return undefined;
     if (
-      ch.simpleOwner === ownTag
-        ? (ch.simple[off >>> 5]! & (1 << (off & 31))) !== 0 || (ch.own[off]! & ~OWN_SIMPLE) === findTag
-        : (ch.own[off]! & ~OWN_SIMPLE) === findTag
+      this.lowGroup.owner === ownTag
+        ? (this.lowSimple[id >>> 5]! & (1 << (id & 31))) !== 0 || (this.lowOwn[id]! & ~OWN_SIMPLE) === findTag
+        : (this.lowOwn[id]! & ~OWN_SIMPLE) === findTag
     ) {
-      const privs = ch.privs;
-      return privs === null ? null : privs[off];
+      const privs = this.lowStore.privs;
+      return privs === null ? null : privs[id];
     }
     return undefined;
   }
@@ -462,13 +519,23 @@ export class IdTable {
    * for every absent ID.
    */
   freeOwned(id: number, own: number): boolean {
-    const ci = id >>> CHUNK_SHIFT;
-    const ch = ci < LOW_CHUNKS ? this.low[ci] : this.high.get(ci);
-    if (id >>> 0 !== id || ch === undefined) return false;
-    const off = id & CHUNK_MASK;
-    if (ch.simpleOwner === (own & OWN_SET_MASK)) {
-      if ((ch.simple[off >>> 5]! & (1 << (off & 31))) === 0) return false;
-    } else if (ch.own[off] !== own) return false;
+    if (id >>> 0 !== id) return false;
+    let ch: Chunk | undefined;
+    if (id < this.lowCap) {
+      // The decision from the flat arrays; the chunk only for the bitmaps remove() clears.
+      if (this.lowGroup.owner === (own & OWN_SET_MASK)) {
+        if ((this.lowSimple[id >>> 5]! & (1 << (id & 31))) === 0) return false;
+      } else if (this.lowOwn[id] !== own) return false;
+      ch = this.low[id >>> CHUNK_SHIFT]!;
+    } else {
+      const ci = id >>> CHUNK_SHIFT;
+      ch = ci < LOW_CHUNKS ? this.low[ci] : this.high.get(ci);
+      if (ch === undefined) return false;
+      const off = id & CHUNK_MASK;
+      if (ch.grp.owner === (own & OWN_SET_MASK)) {
+        if ((ch.simple[off >>> 5]! & (1 << (off & 31))) === 0) return false;
+      } else if (ch.own[off] !== own) return false;
+    }
     this.remove(ch, id);
     return true;
   }
@@ -521,14 +588,54 @@ export class IdTable {
     return -1;
   }
 
+  /** Give low chunk `ci` its views into the flat arrays, growing them first if they stop short. */
+  private bindLow(ch: Chunk, ci: number): void {
+    if ((ci + 1) * CHUNK_IDS > this.lowCap) this.growLow(ci + 1);
+    this.viewLow(ch, ci);
+    ch.grp = this.lowGroup;
+    ch.store = this.lowStore;
+  }
+
+  private viewLow(ch: Chunk, ci: number): void {
+    ch.own = this.lowOwn.subarray(ci * CHUNK_IDS, (ci + 1) * CHUNK_IDS);
+    ch.simple = this.lowSimple.subarray(ci * L0_WORDS, (ci + 1) * L0_WORDS);
+    ch.base = ci * CHUNK_IDS;
+  }
+
+  private growLow(chunks: number): void {
+    let n = 1;
+    while (n < chunks) n <<= 1;
+    const cap = n * CHUNK_IDS;
+    const own = new Uint16Array(cap);
+    own.set(this.lowOwn);
+    const simple = new Int32Array(cap >>> 5);
+    simple.set(this.lowSimple);
+    this.lowOwn = own;
+    this.lowSimple = simple;
+    const old = this.lowStore.privs;
+    if (old !== null) {
+      const privs = new Array<unknown>(cap).fill(null);
+      for (let i = 0; i < this.lowCap; i++) privs[i] = old[i];
+      this.lowStore.privs = privs;
+    }
+    this.lowStore.cap = cap;
+    this.lowCap = cap;
+    for (let ci = 0; ci < LOW_CHUNKS; ci++) {
+      const ch = this.low[ci];
+      if (ch !== undefined) this.viewLow(ch, ci);
+    }
+  }
+
   /** Mark `id` present (it must be absent); returns its chunk for the caller to fill the record. */
   insert(id: number): Chunk {
     const ci = id >>> CHUNK_SHIFT;
     let ch = ci < LOW_CHUNKS ? this.low[ci] : this.high.get(ci);
     if (ch === undefined) {
-      ch = new Chunk(this.records);
-      if (ci < LOW_CHUNKS) this.low[ci] = ch;
-      else this.high.set(ci, ch);
+      ch = new Chunk(this.records && ci >= LOW_CHUNKS);
+      if (ci < LOW_CHUNKS) {
+        this.low[ci] = ch;
+        if (this.records) this.bindLow(ch, ci);
+      } else this.high.set(ci, ch);
       let i = this.made.length;
       this.made.push(ci);
       while (i > 0 && this.made[i - 1]! > ci) {
@@ -563,7 +670,7 @@ export class IdTable {
       // Through the bitmap, not a read of own[off]: that would be the one cache miss of a free.
       if ((ch.simple[w]! & (1 << (off & 31))) !== 0) ch.dropSimple(off);
       ch.own[off] = 0;
-      if (ch.privs !== null) ch.privs[off] = null;
+      ch.clearPriv(off);
     }
     this.size--;
     if (id >= this.hintLo && id < this.hintHi) this.hintHi = id;
@@ -608,6 +715,8 @@ export class IdTable {
         if (this.chunk(ci) === undefined) return `chunk ${ci} marked full but absent`;
       }
     }
+    let lowOwner = 0;
+    let lowCount = 0;
     for (const ci of this.made) {
       const ch = this.chunk(ci)!;
       const isFull = (this.full[ci >>> 5]! & (1 << (ci & 31))) !== 0;
@@ -630,11 +739,29 @@ export class IdTable {
       if (this.records) {
         const bad = ch.checkOwn();
         if (bad !== undefined) return `chunk ${ci}: ${bad}`;
+        if (ci < LOW_CHUNKS) {
+          lowOwner =
+            lowCount === 0 ? ch.checkedOwner : mergeOwner(lowOwner, ch.checkedOwner, ch.checkedSimple);
+          lowCount += ch.checkedSimple;
+        } else {
+          const g = checkGroup(ch.grp, ch.checkedOwner, ch.checkedSimple);
+          if (g !== undefined) return `chunk ${ci}: ${g}`;
+        }
       }
       if (isFull !== (n === CHUNK_IDS)) return `chunk ${ci}: top-level full bit disagrees`;
       total += n;
     }
     if (total !== this.size) return `table size ${this.size} but ${total} IDs present`;
+    if (this.records) {
+      const g = checkGroup(this.lowGroup, lowOwner, lowCount);
+      if (g !== undefined) return `low chunks: ${g}`;
+      // The flat arrays past the made chunks hold nothing.
+      for (let ci = 0; ci < this.lowCap / CHUNK_IDS; ci++) {
+        if (this.low[ci] !== undefined) continue;
+        for (let k = ci * L0_WORDS; k < (ci + 1) * L0_WORDS; k++)
+          if (this.lowSimple[k] !== 0) return `SIMPLE bits in unmade chunk ${ci}`;
+      }
+    }
     if (this.hintHi > this.hintLo) {
       const free = this.scanFrom(this.hintLo);
       if (free >= 0 && free < this.hintHi)
