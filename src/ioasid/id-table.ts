@@ -18,7 +18,6 @@ const L1_WORDS = L0_WORDS >>> 5; // 32
 const NCHUNKS = 2 ** 32 / CHUNK_IDS; // 131072
 const TOP_WORDS = NCHUNKS >>> 5; // 4096
 const LOW_CHUNKS = 64;
-const LOW_IDS = LOW_CHUNKS * CHUNK_IDS;
 
 /** Record meta bit: an SPID is attached. */
 export const META_HAS_SPID = 4;
