@@ -219,5 +219,9 @@ export function benchPasidMemory(): BenchResult {
   gc();
   const after = used();
   if (core.liveCount !== MAXID) throw new Error('pasid-memory: not all allocated');
+  // Use the baseline's array after the last measurement: optimized code may drop a local it no
+  // longer reads, and a collected `objs` would hide 8 bytes per ID of our own growth.
+  if (objs[MAXID - 1]!.id !== MAXID || core.ioasidFind(set, MAXID) !== objs[MAXID - 1])
+    throw new Error('pasid-memory: private data lost');
   return { workload: 'pasid-memory', bytesPerId: Number(((after - base) / MAXID).toFixed(2)) };
 }
