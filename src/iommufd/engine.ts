@@ -112,6 +112,8 @@ export class IommufdHost implements ProcessHost {
   /** Every context ever opened that is still alive (for leak checks). */
   readonly contexts = new Set<IommufdCtx>();
   private readonly handlers: Map<number, Handler>;
+  /** iommufdIoctlCheck's options, made once rather than per ioctl. */
+  readonly checkOpts: { readonly testCmd: boolean };
 
   constructor(opts: IommufdHostOptions = {}) {
     this.faults = opts.faults ?? new FaultInjector();
@@ -119,6 +121,7 @@ export class IommufdHost implements ProcessHost {
     this.extraChecks = opts.checkInvariants ?? null;
     this.testCmd = opts.testCmd ?? true;
     this.version = opts.version ?? 'newest';
+    this.checkOpts = { testCmd: this.testCmd };
     this.mock = new MockIommuDriver(this.faults);
     if (opts.devices) this.devices = [...opts.devices];
     else {
@@ -356,7 +359,7 @@ function iommufdFileIoctl(
   cmd: number,
   arg: Uint8Array | null,
 ): number | KernelError {
-  const chk = iommufdIoctlCheck(cmd, arg, { testCmd: host.testCmd });
+  const chk = iommufdIoctlCheck(cmd, arg, host.checkOpts);
   if (chk.kind === 'compat') return vfioCompatIoctl(p, f.ctx, cmd, arg);
   if (chk.kind === 'error') return chk.error;
   const h = host.handler(chk.ioctl.cmd);
@@ -370,8 +373,26 @@ function iommufdFileIoctl(
  * faults, such as NULL). The bytes are not modified; the result carries the written-back copy.
  */
 export function ioctl(p: Process, fd: number, request: number, argBytes: Uint8Array | null): IoctlResult {
-  const host = p.host as IommufdHost;
   const arg = argBytes ? argBytes.slice() : null;
+  const r = ioctlCall(p, fd, request, arg);
+  const out = arg ?? new Uint8Array(0);
+  if (typeof r === 'number') return { ret: r, arg: out };
+  return { ret: -r.errno, arg: out, error: r };
+}
+
+/**
+ * ioctl(2) whose argument bytes are `arg` itself: the kernel's write-back lands in it, as in the
+ * user memory a real ioctl writes to. For a caller that owns a copy already (the wire server),
+ * so that the bytes are not copied twice and no result object is made; the return value is
+ * `ret` (>= 0, or -errno).
+ */
+export function ioctlInPlace(p: Process, fd: number, request: number, arg: Uint8Array | null): number {
+  const r = ioctlCall(p, fd, request, arg);
+  return typeof r === 'number' ? r : -r.errno;
+}
+
+function ioctlCall(p: Process, fd: number, request: number, arg: Uint8Array | null): number | KernelError {
+  const host = p.host as IommufdHost;
   const f = p.file(fd);
   let r: number | KernelError;
   if (!(f instanceof KFile)) r = f;
@@ -379,9 +400,7 @@ export function ioctl(p: Process, fd: number, request: number, argBytes: Uint8Ar
   else if (f instanceof VfioDeviceFile) r = vfioDeviceIoctl(p, f, request >>> 0, arg);
   else r = kerr('ENOTTY', `ioctl on a ${f.kind} file`);
   if (debugEnabled()) host.checkInvariants();
-  const out = arg ?? new Uint8Array(0);
-  if (typeof r === 'number') return { ret: r, arg: out };
-  return { ret: -r.errno, arg: out, error: r };
+  return r;
 }
 
 /**

@@ -166,6 +166,11 @@ function lowestBit(x: bigint): bigint {
   return x & -x;
 }
 
+const PAGE_4K = 4096n;
+const HPAGE_2M = 2n * 1024n * 1024n;
+/** An io_pagetable with no layer around it calls out to nothing. */
+const NO_HOOKS: IoptHooks = Object.freeze({});
+
 export class IoPagetable {
   readonly pageSize: bigint;
   readonly hpageSize: bigint;
@@ -178,18 +183,24 @@ export class IoPagetable {
 
   /** iopt->domains, in the kernel's (compacted) index order. */
   private readonly domainList: IoptDomain[] = [];
-  /** iopt->access_list: id → the access's iova_alignment. */
-  private readonly accessList = new Map<number, bigint>();
+  /** iopt->access_list: id → the access's iova_alignment (made with the first access). */
+  private accessList: Map<number, bigint> | null = null;
   private disableLargePagesFlag = false;
   private alignment = 1n;
 
   constructor(opts: IoPagetableOptions = {}) {
-    this.pageSize = BigInt(opts.pageSize ?? 4096);
-    this.hpageSize = BigInt(opts.hpageSize ?? 2 * 1024 * 1024);
-    if (!isPow2(this.pageSize) || !isPow2(this.hpageSize))
+    // The defaults as shared constants: an IOAS is made per IOMMU_IOAS_ALLOC, and BigInt() of a
+    // number allocates.
+    this.pageSize = opts.pageSize === undefined || opts.pageSize === 4096 ? PAGE_4K : BigInt(opts.pageSize);
+    this.hpageSize =
+      opts.hpageSize === undefined || opts.hpageSize === 2 * 1024 * 1024 ? HPAGE_2M : BigInt(opts.hpageSize);
+    if (
+      (this.pageSize !== PAGE_4K || this.hpageSize !== HPAGE_2M) &&
+      !(isPow2(this.pageSize) && isPow2(this.hpageSize))
+    )
       throw new RangeError('page sizes must be powers of two');
     this.faults = opts.faults;
-    this.hooks = opts.hooks ?? {};
+    this.hooks = opts.hooks ?? NO_HOOKS;
   }
 
   private fail(site: string): boolean {
@@ -683,6 +694,7 @@ export class IoPagetable {
 
   /** iopt_remove_reserved_iova: drop every reservation `owner` made. */
   removeReservedIova(owner: unknown): void {
+    if (this.reservedTree.empty) return;
     const mine: IntervalNode<Reserved>[] = [];
     for (const n of this.reservedTree.nodes()) if (n.value.owner === owner) mine.push(n);
     for (const n of mine) this.reservedTree.remove(n);
@@ -741,9 +753,13 @@ export class IoPagetable {
         return kerr('EADDRINUSE', `the area at 0x${a.iova.toString(16)} is not aligned to ${newAlign}`);
       }
     }
-    for (const align of this.accessList.values()) {
-      invariant(align <= newAlign, 'iopt_check_iova_alignment: an access needs more than the new alignment');
-    }
+    if (this.accessList !== null)
+      for (const align of this.accessList.values()) {
+        invariant(
+          align <= newAlign,
+          'iopt_check_iova_alignment: an access needs more than the new alignment',
+        );
+      }
     return undefined;
   }
 
@@ -754,7 +770,7 @@ export class IoPagetable {
       const b = lowestBit(d.pgsizeBitmap);
       if (b > a) a = b;
     }
-    for (const b of this.accessList.values()) if (b > a) a = b;
+    if (this.accessList !== null) for (const b of this.accessList.values()) if (b > a) a = b;
     return a;
   }
 
@@ -832,14 +848,15 @@ export class IoPagetable {
    * accesses). Returns its list id (xa_limit_16b, lowest free).
    */
   addAccess(alignment: bigint): number | KernelError {
+    const list = (this.accessList ??= new Map<number, bigint>());
     let id = 0;
-    while (this.accessList.has(id)) id++;
+    while (list.has(id)) id++;
     if (id > 0xffff) return kerr('EBUSY', 'no free access id');
     if (this.fail(IOPT_FAULT_SITES.accessList)) return this.enomem(IOPT_FAULT_SITES.accessList);
-    this.accessList.set(id, alignment);
+    list.set(id, alignment);
     const err = this.recalcAlignment();
     if (err) {
-      this.accessList.delete(id);
+      list.delete(id);
       return err;
     }
     return id;
@@ -847,7 +864,7 @@ export class IoPagetable {
 
   /** iopt_remove_access. */
   removeAccess(id: number): void {
-    invariant(this.accessList.delete(id), 'iopt_remove_access: unknown access id');
+    invariant(this.accessList?.delete(id) === true, 'iopt_remove_access: unknown access id');
     const err = this.recalcAlignment();
     invariant(err === undefined, 'iopt_remove_access: the alignment cannot rise');
   }
@@ -927,13 +944,13 @@ export class IoPagetable {
     const r = this.unmapAll();
     invariant(typeof r === 'bigint', 'iommufd_ioas_destroy: unmap of everything failed');
     this.removeReservedIova(null);
-    this.allowedTree = new IntervalTree<null>();
+    if (!this.allowedTree.empty) this.allowedTree = new IntervalTree<null>();
     invariant(
       this.reservedTree.empty,
       'iopt_destroy_table: reserved ranges left (a domain or device still holds some)',
     );
     invariant(this.domainList.length === 0, 'iopt_destroy_table: domains left');
-    invariant(this.accessList.size === 0, 'iopt_destroy_table: accesses left');
+    invariant((this.accessList?.size ?? 0) === 0, 'iopt_destroy_table: accesses left');
     invariant(this.areaTree.empty, 'iopt_destroy_table: areas left');
   }
 

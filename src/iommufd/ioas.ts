@@ -8,6 +8,7 @@
 // can fail any more, so a failed ioctl leaves no object and no ID behind.
 
 import { type KernelError, kerr } from '../core/errno.ts';
+import type { FaultInjector } from '../core/fault.ts';
 import { IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE } from '../iommu/core.ts';
 import {
   IOPT_ALLOC_IOVA,
@@ -22,8 +23,8 @@ import {
   areaPageRange,
   chargePins,
   type DmabufLike,
+  IommufdHooks,
   type IommufdIoptHooks,
-  makeIoptHooks,
   PagesSource,
   type PinAccount,
   pagesHold,
@@ -33,7 +34,8 @@ import {
   unchargePins,
 } from './pages.ts';
 import { KFile, MemFile, PAGE_SIZE, type Process } from './process.ts';
-import { respond, type Ucmd, userPtr } from './ucmd.ts';
+import { offsetof, STRUCTS, ucmdRespond } from './uapi/index.ts';
+import { kU32, respond, setKU32, type Ucmd, userPtr } from './ucmd.ts';
 
 const MAP_FIXED_IOVA = 1 << 0;
 const MAP_WRITEABLE = 1 << 1;
@@ -50,24 +52,33 @@ class IommufdIopt extends IoPagetable {
   }
 }
 
+/** The hooks of an IOAS, which also tell its accesses about unmaps. */
+class IoasHooks extends IommufdHooks {
+  private readonly ioas: Ioas;
+  constructor(ioas: Ioas, faults: FaultInjector, iopt: IoPagetable) {
+    super(faults, iopt);
+    this.ioas = ioas;
+  }
+  notifyUnmap(iova: bigint, length: bigint): void {
+    const accesses = this.ioas.accesses;
+    if (accesses === null || accesses.size === 0) return;
+    for (const a of [...accesses]) a.ops.unmap(a, iova, length);
+  }
+}
+
 export class Ioas extends IommufdObject {
   readonly type = OBJ.IOAS;
   readonly iopt: IoPagetable;
   readonly hooks: IommufdIoptHooks;
   /** HWPT_PAGINGs on this IOAS in creation order (ioas->hwpt_list). */
   readonly hwptList: import('./hw_pagetable.ts').HwptPaging[] = [];
-  readonly accesses = new Set<IommufdAccess>();
+  /** The in-kernel accesses attached here; made with the first one (most IOAS have none). */
+  accesses: Set<IommufdAccess> | null = null;
   constructor(ctx: IommufdCtx) {
     super(ctx);
-    const iopt = new IommufdIopt({ pageSize: PAGE_SIZE, faults: ctx.faults });
-    const hooks = makeIoptHooks(
-      ctx.faults,
-      () => iopt.domains.length,
-      () => iopt.disableLargePages,
-    );
-    hooks.notifyUnmap = (iova, length) => {
-      for (const a of [...this.accesses]) a.ops.unmap(a, iova, length);
-    };
+    const faults = ctx.faults;
+    const iopt = new IommufdIopt({ pageSize: PAGE_SIZE, faults });
+    const hooks = new IoasHooks(this, faults, iopt);
     iopt.hooks = hooks;
     this.hooks = hooks;
     this.iopt = iopt;
@@ -102,12 +113,18 @@ export function getIoas(ctx: IommufdCtx, id: number): Ioas | KernelError {
 
 // ---- IOMMU_IOAS_ALLOC ------------------------------------------------------------------------
 
+// The two hottest handlers (every IOAS lifetime is one of each) read and write their u32
+// fields in kbuf directly instead of through the generic codec: same bytes, same order.
+const IOAS_ALLOC_FLAGS = offsetof(STRUCTS.iommu_ioas_alloc, 'flags');
+const IOAS_ALLOC_OUT_ID = offsetof(STRUCTS.iommu_ioas_alloc, 'out_ioas_id');
+const DESTROY_ID = offsetof(STRUCTS.iommu_destroy, 'id');
+
 export function ioasAlloc(u: Ucmd): number | KernelError {
-  const c = u.cmd;
-  if (c['flags'] !== 0) return kerr('EOPNOTSUPP', 'IOMMU_IOAS_ALLOC: flags must be 0');
+  if (kU32(u, IOAS_ALLOC_FLAGS) !== 0) return kerr('EOPNOTSUPP', 'IOMMU_IOAS_ALLOC: flags must be 0');
   const ioas = u.ctx.alloc(new Ioas(u.ctx));
   if (!(ioas instanceof Ioas)) return ioas;
-  const err = respond(u, { out_ioas_id: ioas.id });
+  setKU32(u, IOAS_ALLOC_OUT_ID, ioas.id);
+  const err = ucmdRespond(u.arg, u.kbuf, u.userSize);
   if (err) {
     u.ctx.abortAndDestroy(ioas);
     return err;
@@ -420,7 +437,7 @@ export function vfioIoas(u: Ucmd): number | KernelError {
 // ---- IOMMU_DESTROY -------------------------------------------------------------------------------
 
 export function destroyIoctl(u: Ucmd): number | KernelError {
-  return u.ctx.destroyId(u.cmd['id'] as number) ?? 0;
+  return u.ctx.destroyId(kU32(u, DESTROY_ID)) ?? 0;
 }
 
 // ---- IOMMU_IOAS_CHANGE_PROCESS -------------------------------------------------------------------
@@ -522,7 +539,7 @@ function accessAttachIoas(a: IommufdAccess, ioas: Ioas): KernelError | undefined
   if (typeof id !== 'number') return id;
   a.iopptAccessId = id;
   a.ioas = ioas;
-  ioas.accesses.add(a);
+  (ioas.accesses ??= new Set()).add(a);
   ioas.users++;
   return undefined;
 }
@@ -532,7 +549,7 @@ function accessDetach(a: IommufdAccess): void {
   if (!ioas) return;
   a.ops.unmap(a, 0n, ULONG_MAX);
   ioas.iopt.removeAccess(a.iopptAccessId);
-  ioas.accesses.delete(a);
+  ioas.accesses?.delete(a);
   ioas.users--;
   a.ioas = null;
 }
@@ -555,12 +572,12 @@ export function accessReplaceIoas(a: IommufdAccess, ioasId: number): KernelError
   if (old) {
     a.ops.unmap(a, 0n, ULONG_MAX);
     old.iopt.removeAccess(oldId);
-    old.accesses.delete(a);
+    old.accesses?.delete(a);
     old.users--;
   }
   a.iopptAccessId = id;
   a.ioas = ioas;
-  ioas.accesses.add(a);
+  (ioas.accesses ??= new Set()).add(a);
   ioas.users++;
   return undefined;
 }

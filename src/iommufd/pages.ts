@@ -359,82 +359,109 @@ function revoked(a: IoptArea): boolean {
   return s instanceof PagesSource && s.dmabuf !== null && s.dmabuf.revoked;
 }
 
-/** The IoptHooks of one IOAS: pins follow "the IOAS has at least one domain". */
-export function makeIoptHooks(
-  faults: FaultInjector,
-  domainCount: () => number,
-  smallPages: () => boolean,
-): IommufdIoptHooks {
-  const held = new WeakSet<IoptArea>();
-  const hold = (a: IoptArea): KernelError | undefined => {
-    if (held.has(a)) return undefined;
+/** What the hooks of an IOAS read from its io_pagetable. */
+export interface IoptHooksOwner {
+  readonly domains: readonly IoptDomain[];
+  readonly disableLargePages: boolean;
+}
+
+/**
+ * The IoptHooks of one IOAS: pins follow "the IOAS has at least one domain". A class rather
+ * than closures over a factory's locals: an IOAS is made by every IOMMU_IOAS_ALLOC, and a
+ * dozen closures per IOAS (each wrapped by the transpiler) made IOAS churn allocation-bound.
+ */
+export class IommufdHooks implements IommufdIoptHooks {
+  private readonly faults: FaultInjector;
+  private readonly iopt: IoptHooksOwner;
+  /** Areas whose pages this IOAS holds; made with the first hold (most IOAS never map). */
+  private held: WeakSet<IoptArea> | null = null;
+
+  constructor(faults: FaultInjector, iopt: IoptHooksOwner) {
+    this.faults = faults;
+    this.iopt = iopt;
+  }
+
+  isHeld(a: IoptArea): boolean {
+    return this.held?.has(a) === true;
+  }
+
+  private smallPages(): boolean {
+    return this.iopt.disableLargePages;
+  }
+
+  private hold(a: IoptArea): KernelError | undefined {
+    if (this.isHeld(a)) return undefined;
     const { first, last } = areaPageRange(a);
-    const err = pagesHold(a.pages, first, last, faults);
-    if (!err) held.add(a);
+    const err = pagesHold(a.pages, first, last, this.faults);
+    if (!err) (this.held ??= new WeakSet<IoptArea>()).add(a);
     return err;
-  };
-  const unhold = (a: IoptArea): void => {
-    if (!held.has(a)) return;
-    held.delete(a);
+  }
+
+  private unhold(a: IoptArea): void {
+    if (!this.isHeld(a)) return;
+    this.held!.delete(a);
     const { first, last } = areaPageRange(a);
     pagesUnhold(a.pages, first, last);
-  };
-  const fillArea = (area: IoptArea, domains: readonly IoptDomain[]): KernelError | undefined => {
+  }
+
+  fillArea(area: IoptArea, domains: readonly IoptDomain[]): KernelError | undefined {
     // A revoked dma-buf maps nothing until it is restored.
     if (revoked(area)) return undefined;
-    const err = hold(area);
+    const err = this.hold(area);
     if (err) return err;
     for (let i = 0; i < domains.length; i++) {
-      const e = mapAreaInDomain(area, domains[i] as IommuDomain, smallPages());
+      const e = mapAreaInDomain(area, domains[i] as IommuDomain, this.smallPages());
       if (e) {
         for (let j = 0; j < i; j++) unmapAreaFromDomain(area, domains[j] as IommuDomain);
-        unhold(area);
+        this.unhold(area);
         return e;
       }
     }
     return undefined;
-  };
-  const unfillArea = (area: IoptArea, domains: readonly IoptDomain[]): void => {
-    if (!held.has(area)) return;
+  }
+
+  unfillArea(area: IoptArea, domains: readonly IoptDomain[]): void {
+    if (!this.isHeld(area)) return;
     for (const d of domains) unmapAreaFromDomain(area, d as IommuDomain);
-    unhold(area);
-  };
-  return {
-    fillArea,
-    unfillArea,
-    fillDomain(domain, areas) {
-      const first = domainCount() === 0;
-      const done: IoptArea[] = [];
-      for (const a of areas) {
-        if (revoked(a)) continue;
-        const err = first ? hold(a) : undefined;
-        const e = err ?? mapAreaInDomain(a, domain as IommuDomain, smallPages());
-        if (e) {
-          if (first && !err) unhold(a);
-          for (const x of done) {
-            unmapAreaFromDomain(x, domain as IommuDomain);
-            if (first) unhold(x);
-          }
-          return e;
+    this.unhold(area);
+  }
+
+  fillDomain(domain: IoptDomain, areas: readonly IoptArea[]): KernelError | undefined {
+    const first = this.iopt.domains.length === 0;
+    const done: IoptArea[] = [];
+    for (const a of areas) {
+      if (revoked(a)) continue;
+      const err = first ? this.hold(a) : undefined;
+      const e = err ?? mapAreaInDomain(a, domain as IommuDomain, this.smallPages());
+      if (e) {
+        if (first && !err) this.unhold(a);
+        for (const x of done) {
+          unmapAreaFromDomain(x, domain as IommuDomain);
+          if (first) this.unhold(x);
         }
-        done.push(a);
+        return e;
       }
-      return undefined;
-    },
-    unfillDomain(domain: IoptDomain, areas) {
-      const last = domainCount() === 0;
-      for (const a of areas) {
-        if (!held.has(a)) continue;
-        unmapAreaFromDomain(a, domain as IommuDomain);
-        if (last) unhold(a);
-      }
-    },
-    revoke: unfillArea,
-    restore(area, domains) {
-      return domains.length > 0 ? fillArea(area, domains) : undefined;
-    },
-    isHeld: (a) => held.has(a),
-  };
+      done.push(a);
+    }
+    return undefined;
+  }
+
+  unfillDomain(domain: IoptDomain, areas: readonly IoptArea[]): void {
+    const last = this.iopt.domains.length === 0;
+    for (const a of areas) {
+      if (!this.isHeld(a)) continue;
+      unmapAreaFromDomain(a, domain as IommuDomain);
+      if (last) this.unhold(a);
+    }
+  }
+
+  revoke(area: IoptArea, domains: readonly IoptDomain[]): void {
+    this.unfillArea(area, domains);
+  }
+
+  restore(area: IoptArea, domains: readonly IoptDomain[]): KernelError | undefined {
+    return domains.length > 0 ? this.fillArea(area, domains) : undefined;
+  }
 }
 
 /** The physical address of byte `off` of `pages` if it is pinned, else -1. */

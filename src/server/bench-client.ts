@@ -13,36 +13,39 @@
 import { IOCTLS } from '../iommufd/uapi/index.ts';
 import { PasidkitClient } from './client.ts';
 
-type Iteration = (c: PasidkitClient, fd: number) => Promise<void>;
-
-const ioasIteration: Iteration = async (c, fd) => {
-  const id = await c.ioasAlloc(fd);
-  await c.destroy(fd, id);
-};
-
-const GET_API_VERSION = IOCTLS.VFIO_GET_API_VERSION.cmd;
-const nullIteration: Iteration = async (c, fd) => {
-  await c.ioctlValue(fd, GET_API_VERSION, 0);
-  await c.ioctlValue(fd, GET_API_VERSION, 0);
-};
-
-/** `inflight` workers share `n` iterations; each has one request outstanding at a time. */
-async function drive(
+/**
+ * `inflight` workers share `n` iterations; each has one request outstanding at a time. The
+ * iteration is written out in each worker's loop, so that an operation costs the client one
+ * promise and one resumption, no more.
+ */
+function drive(
   c: PasidkitClient,
   fd: number,
   n: number,
   inflight: number,
-  it: Iteration,
-): Promise<void> {
+  op: 'ioas' | 'null',
+): Promise<unknown> {
   let left = n;
-  const worker = async () => {
+  const ioas = async () => {
     while (left > 0) {
       left--;
-      await it(c, fd);
+      const id = await c.ioasAlloc(fd);
+      await c.destroy(fd, id);
     }
   };
-  await Promise.all(Array.from({ length: inflight }, worker));
+  const nul = async () => {
+    while (left > 0) {
+      left--;
+      await c.ioctlValue(fd, GET_API_VERSION, 0);
+      await c.ioctlValue(fd, GET_API_VERSION, 0);
+    }
+  };
+  const workers: Promise<void>[] = [];
+  for (let i = 0; i < inflight; i++) workers.push(op === 'ioas' ? ioas() : nul());
+  return Promise.all(workers);
 }
+
+const GET_API_VERSION = IOCTLS.VFIO_GET_API_VERSION.cmd;
 
 async function main(argv: string[]): Promise<void> {
   const [mode, socket, itersArg, warmArg, clientsArg, inflightArg, opArg] = argv;
@@ -62,10 +65,9 @@ async function main(argv: string[]): Promise<void> {
     throw new Error(
       'usage: bench-client.ts rtt|pipelined SOCKET ITERATIONS WARMUP CLIENTS INFLIGHT [ioas|null]',
     );
-  const it = op === 'ioas' ? ioasIteration : nullIteration;
   const clients = await Promise.all(Array.from({ length: nClients }, () => PasidkitClient.connect(socket)));
   const fds = await Promise.all(clients.map((c) => c.open('/dev/iommu')));
-  const run = (n: number) => Promise.all(clients.map((c, i) => drive(c, fds[i]!, n, inflight, it)));
+  const run = (n: number) => Promise.all(clients.map((c, i) => drive(c, fds[i]!, n, inflight, op)));
   await run(warmup);
   const t0 = performance.now();
   await run(iterations);

@@ -74,14 +74,33 @@ function failure(what: string, ret: number): KernelError {
   return new KernelError(code, `${what}${known ? '' : ` (errno ${-ret})`}`);
 }
 
-interface Pending {
-  tag: number;
-  resolve: (r: WireReply) => void;
-  reject: (e: Error) => void;
+// What a reply resolves its promise with, decided when the request is made: the hot typed
+// calls get their result straight out of the receive buffer, with no reply object, no payload
+// copy and no further async layer.
+/** The reply as it came ({ret, payload}). */
+const K_RAW = 0;
+/** ioctlValue: ret, or a KernelError. */
+const K_VALUE = 1;
+/** ioasAlloc: the new IOAS ID from the written-back struct, or an IoctlError. */
+const K_IOAS_ALLOC = 2;
+/** destroy: undefined, or an IoctlError. */
+const K_DESTROY = 3;
+
+type Resolve = (v: unknown) => void;
+type Reject = (e: Error) => void;
+
+// `new Promise(capture)` hands back its resolving functions without a closure per request.
+let capturedResolve: Resolve = () => {};
+let capturedReject: Reject = () => {};
+function capture(resolve: Resolve, reject: Reject): void {
+  capturedResolve = resolve;
+  capturedReject = reject;
 }
 
 const EMPTY = Buffer.alloc(0);
 const OUT_INITIAL = 16 * 1024;
+/** Views of the send buffer are kept for writes shorter than this. */
+const VIEW_SIZES = 256;
 const READ_BUFFER = 64 * 1024;
 
 /** `tcp://HOST:PORT`, `HOST:PORT` (HOST may be `[v6]`), or else a Unix socket path. */
@@ -100,14 +119,27 @@ export function parseTarget(target: string): { path: string } | { host: string; 
 
 export class PasidkitClient {
   private readonly socket: net.Socket;
-  // Outstanding requests, oldest first: queue[head, queue.length).
-  private queue: Pending[] = [];
+  // Outstanding requests, oldest first, in a ring of `mask + 1` slots: [head, head + count).
+  private mask = 63;
   private head = 0;
+  private count = 0;
+  private qTag = new Float64Array(64);
+  private qKind = new Uint8Array(64);
+  /** Per kind: the fd (K_VALUE, K_IOAS_ALLOC), for error messages. */
+  private qFd = new Float64Array(64);
+  /** Per kind: the request number (K_VALUE, K_IOAS_ALLOC) or the object ID (K_DESTROY). */
+  private qAux = new Float64Array(64);
+  private qResolve: (Resolve | undefined)[] = new Array<Resolve | undefined>(64);
+  private qReject: (Reject | undefined)[] = new Array<Reject | undefined>(64);
   private nextTag = 1;
   // Outgoing frames not yet written: out[0, outLen).
   private out = Buffer.allocUnsafe(OUT_INITIAL);
   private outLen = 0;
+  /** Views out[0, n) by n, cut from `viewsOf`. */
+  private views: (Buffer | undefined)[] = [];
+  private viewsOf: Buffer = EMPTY;
   private flushQueued = false;
+  private readonly flushTask = (): void => this.flush();
   // A partial reply carried over between reads.
   private pend: Buffer = EMPTY;
   private pendLen = 0;
@@ -157,7 +189,7 @@ export class PasidkitClient {
 
   /** Requests sent and not yet answered. */
   get outstanding(): number {
-    return this.queue.length - this.head;
+    return this.count;
   }
 
   /** Closes the connection (the server's process for it exits) once every reply is in. */
@@ -177,14 +209,20 @@ export class PasidkitClient {
   private fail(e: KernelError): void {
     if (this.dead) return;
     this.dead = e;
-    const q = this.queue;
-    for (let i = this.head; i < q.length; i++) q[i]!.reject(e);
-    this.queue = [];
+    const rejects = this.qReject;
+    const resolves = this.qResolve;
+    for (let i = 0; i < this.count; i++) {
+      const at = (this.head + i) & this.mask;
+      const reject = rejects[at]!;
+      rejects[at] = resolves[at] = undefined;
+      reject(e);
+    }
     this.head = 0;
+    this.count = 0;
   }
 
-  /** Reserves a request frame; returns the offset of its payload in `this.out`. */
-  private begin(op: number, fd: number, payload: number): { tag: number; at: number } {
+  /** Reserves a request frame; returns the offset of its payload in `this.out` (its tag is `this.nextTag - 1`). */
+  private begin(op: number, fd: number, payload: number): number {
     const size = REQUEST_HEADER + payload;
     if (this.outLen + size > this.out.length) {
       let cap = this.out.length * 2;
@@ -202,11 +240,11 @@ export class PasidkitClient {
     o.writeUInt32LE(tag, at + 8);
     o.writeInt32LE(fd, at + 12);
     this.outLen = at + size;
-    return { tag, at: at + REQUEST_HEADER };
+    return at + REQUEST_HEADER;
   }
 
-  /** Queues the frame just built and returns the promise of its reply. */
-  private send(tag: number): Promise<WireReply> {
+  /** Queues the frame just built; its reply settles the promise as `kind` says. */
+  private send<T>(kind: number, fd: number, aux: number): Promise<T> {
     if (this.dead) {
       this.outLen = 0;
       return Promise.reject(this.dead);
@@ -214,21 +252,74 @@ export class PasidkitClient {
     if (!this.flushQueued) {
       this.flushQueued = true;
       // Every request made in the same tick goes out in one write.
-      queueMicrotask(() => this.flush());
+      queueMicrotask(this.flushTask);
     }
-    return new Promise<WireReply>((resolve, reject) => {
-      this.queue.push({ tag, resolve, reject });
-    });
+    if (this.count > this.mask) this.grow();
+    const at = (this.head + this.count) & this.mask;
+    this.count++;
+    this.qTag[at] = (this.nextTag - 1) >>> 0;
+    this.qKind[at] = kind;
+    this.qFd[at] = fd;
+    this.qAux[at] = aux;
+    const p = new Promise<T>(capture as (resolve: (v: T) => void, reject: Reject) => void);
+    this.qResolve[at] = capturedResolve;
+    this.qReject[at] = capturedReject;
+    return p;
+  }
+
+  /** Doubles the ring, oldest request first. */
+  private grow(): void {
+    const n = this.mask + 1;
+    const tag = new Float64Array(2 * n);
+    const kind = new Uint8Array(2 * n);
+    const fd = new Float64Array(2 * n);
+    const aux = new Float64Array(2 * n);
+    const res = new Array<Resolve | undefined>(2 * n);
+    const rej = new Array<Reject | undefined>(2 * n);
+    for (let i = 0; i < this.count; i++) {
+      const j = (this.head + i) & this.mask;
+      tag[i] = this.qTag[j]!;
+      kind[i] = this.qKind[j]!;
+      fd[i] = this.qFd[j]!;
+      aux[i] = this.qAux[j]!;
+      res[i] = this.qResolve[j];
+      rej[i] = this.qReject[j];
+    }
+    this.qTag = tag;
+    this.qKind = kind;
+    this.qFd = fd;
+    this.qAux = aux;
+    this.qResolve = res;
+    this.qReject = rej;
+    this.head = 0;
+    this.mask = 2 * n - 1;
+  }
+
+  /**
+   * out[0, n) as a Buffer. Views of small sizes are kept while `out` stays the same buffer:
+   * requests come in a few sizes, and most writes are one request.
+   */
+  private outView(n: number): Buffer {
+    if (n >= VIEW_SIZES) return this.out.subarray(0, n);
+    if (this.viewsOf !== this.out) {
+      this.views = [];
+      this.viewsOf = this.out;
+    }
+    let v = this.views[n];
+    if (v === undefined) v = this.views[n] = this.out.subarray(0, n);
+    return v;
   }
 
   private flush(): void {
     this.flushQueued = false;
     const n = this.outLen;
     if (n === 0 || this.dead) return;
-    const b = Buffer.allocUnsafe(n);
-    this.out.copy(b, 0, 0, n);
     this.outLen = 0;
-    this.socket.write(b);
+    const s = this.socket;
+    s.write(this.outView(n));
+    // Nothing left queued in the socket: the kernel has the bytes and the buffer is ours again.
+    // Otherwise the socket still holds those bytes, and new frames go to a new buffer.
+    if (s.writableLength !== 0) this.out = Buffer.allocUnsafe(Math.max(OUT_INITIAL, n));
   }
 
   private onRead(chunk: Buffer, n: number): void {
@@ -255,29 +346,19 @@ export class PasidkitClient {
       }
       if (end - off < len + 4) break;
       const tag = b.readUInt32LE(off + 4);
-      const ret = readI64(b, off + 8);
-      const plen = len - MIN_LENGTH;
-      let payload = EMPTY;
-      if (plen > 0) {
-        payload = Buffer.allocUnsafe(plen);
-        b.copy(payload, 0, off + RESPONSE_HEADER, off + 4 + len);
-      }
-      off += len + 4;
-      const p = this.queue[this.head];
-      if (p === undefined || p.tag !== tag) {
+      if (this.count === 0 || this.qTag[this.head] !== tag) {
         this.fail(new KernelError('EIO', `reply with tag ${tag} does not match the oldest request`));
         this.socket.destroy();
         return;
       }
-      this.queue[this.head++] = undefined as unknown as Pending;
-      if (this.head === this.queue.length) {
-        this.queue.length = 0;
-        this.head = 0;
-      } else if (this.head >= 1024 && this.head * 2 >= this.queue.length) {
-        this.queue = this.queue.slice(this.head);
-        this.head = 0;
-      }
-      p.resolve({ ret, payload });
+      const at = this.head;
+      this.head = (at + 1) & this.mask;
+      this.count--;
+      const resolve = this.qResolve[at]!;
+      const reject = this.qReject[at]!;
+      this.qResolve[at] = this.qReject[at] = undefined;
+      this.settle(this.qKind[at]!, at, b, off, len, resolve, reject);
+      off += len + 4;
     }
     const rest = end - off;
     if (rest === 0) this.pendLen = 0;
@@ -291,13 +372,50 @@ export class PasidkitClient {
     }
   }
 
+  /** Settles the request in ring slot `at` with the reply frame at b[off, off + 4 + len). */
+  private settle(
+    kind: number,
+    at: number,
+    b: Buffer,
+    off: number,
+    len: number,
+    resolve: Resolve,
+    reject: Reject,
+  ): void {
+    const ret = readI64(b, off + 8);
+    const p = off + RESPONSE_HEADER;
+    const plen = len - MIN_LENGTH;
+    if (kind === K_VALUE) {
+      if (ret < 0)
+        reject(failure(`ioctl 0x${(this.qAux[at]! >>> 0).toString(16)} on fd ${this.qFd[at]}`, ret));
+      else resolve(ret);
+    } else if (kind === K_IOAS_ALLOC) {
+      if (ret < 0) {
+        const msg = `ioctl 0x${(this.qAux[at]! >>> 0).toString(16)} on fd ${this.qFd[at]}`;
+        reject(new IoctlError(errnoCode(ret), msg, copyOut(b, p, plen)));
+      } else if (plen >= OUT_IOAS_ID + 4) resolve(b.readUInt32LE(p + OUT_IOAS_ID));
+      else {
+        // A reply too short to hold the ID fails as reading it from the payload would.
+        try {
+          resolve(copyOut(b, p, plen).readUInt32LE(OUT_IOAS_ID));
+        } catch (e) {
+          reject(e as Error);
+        }
+      }
+    } else if (kind === K_DESTROY) {
+      if (ret < 0)
+        reject(new IoctlError(errnoCode(ret), `IOMMU_DESTROY of ${this.qAux[at]}`, copyOut(b, p, plen)));
+      else resolve(undefined);
+    } else resolve({ ret, payload: copyOut(b, p, plen) } satisfies WireReply);
+  }
+
   // ---- raw ops -----------------------------------------------------------------------------
 
   /** Any frame, answered as it came (a negative `ret` is not an exception here). */
   call(op: number, fd: number, payload: Uint8Array = EMPTY): Promise<WireReply> {
-    const { tag, at } = this.begin(op, fd, payload.length);
+    const at = this.begin(op, fd, payload.length);
     this.out.set(payload, at);
-    return this.send(tag);
+    return this.send(K_RAW, fd, 0);
   }
 
   private async num(op: number, fd: number, payload: Uint8Array, what: () => string): Promise<number> {
@@ -316,10 +434,10 @@ export class PasidkitClient {
 
   /** ioctl(2) with a pointer to `arg`; resolves with the bytes as the kernel left them. */
   async ioctl(fd: number, request: number, arg: Uint8Array): Promise<IoctlReply> {
-    const { tag, at } = this.begin(OP.IOCTL, fd, 4 + arg.length);
+    const at = this.begin(OP.IOCTL, fd, 4 + arg.length);
     this.out.writeUInt32LE(request >>> 0, at);
     this.out.set(arg, at + 4);
-    const r = await this.send(tag);
+    const r = await this.send<WireReply>(K_RAW, fd, 0);
     if (r.ret < 0) {
       const code = errnoCode(r.ret);
       throw new IoctlError(code, `ioctl 0x${(request >>> 0).toString(16)} on fd ${fd}`, r.payload);
@@ -329,22 +447,26 @@ export class PasidkitClient {
 
   /** ioctl(2) answered as it came, without an exception for -errno. */
   async ioctlRaw(fd: number, request: number, arg: Uint8Array): Promise<{ ret: number; arg: Buffer }> {
-    const { tag, at } = this.begin(OP.IOCTL, fd, 4 + arg.length);
+    const at = this.begin(OP.IOCTL, fd, 4 + arg.length);
     this.out.writeUInt32LE(request >>> 0, at);
     this.out.set(arg, at + 4);
-    const r = await this.send(tag);
+    const r = await this.send<WireReply>(K_RAW, fd, 0);
     return { ret: r.ret, arg: r.payload };
   }
 
   /** ioctl(2) with a raw argument: an integer, 0 (no argument) or a VA in this process. */
   ioctlValue(fd: number, request: number, raw: bigint | number = 0): Promise<number> {
-    const { tag, at } = this.begin(OP.IOCTL_VALUE, fd, 12);
-    this.out.writeUInt32LE(request >>> 0, at);
-    this.out.writeBigUInt64LE(BigInt.asUintN(64, BigInt(raw)), at + 4);
-    return this.send(tag).then((r) => {
-      if (r.ret < 0) throw failure(`ioctl 0x${(request >>> 0).toString(16)} on fd ${fd}`, r.ret);
-      return r.ret;
-    });
+    // Checked before the frame is reserved, as BigInt() throws for a value that is no integer.
+    const v = typeof raw === 'number' && raw >= 0 && raw <= 0xffffffff && Number.isInteger(raw) ? raw : null;
+    const big = v === null ? BigInt.asUintN(64, BigInt(raw)) : 0n;
+    const at = this.begin(OP.IOCTL_VALUE, fd, 12);
+    const o = this.out;
+    o.writeUInt32LE(request >>> 0, at);
+    if (v !== null) {
+      o.writeUInt32LE(v, at + 4);
+      o.writeUInt32LE(0, at + 8);
+    } else o.writeBigUInt64LE(big, at + 4);
+    return this.send<number>(K_VALUE, fd, request >>> 0);
   }
 
   /** mmap(2) at an address the kernel picks; resolves with the VA. */
@@ -355,13 +477,13 @@ export class PasidkitClient {
     fd = -1,
     offset = 0,
   ): Promise<number> {
-    const { tag, at } = this.begin(OP.MMAP, fd, 24);
+    const at = this.begin(OP.MMAP, fd, 24);
     const o = this.out;
     writeI64(o, length, at);
     o.writeUInt32LE(prot >>> 0, at + 8);
     o.writeUInt32LE(flags >>> 0, at + 12);
     writeI64(o, offset, at + 16);
-    return this.send(tag).then((r) => {
+    return this.send<WireReply>(K_RAW, fd, 0).then((r) => {
       if (r.ret < 0) throw failure(`mmap of ${length} bytes`, r.ret);
       return r.ret;
     });
@@ -384,10 +506,10 @@ export class PasidkitClient {
   }
 
   async poke(va: number, bytes: Uint8Array): Promise<void> {
-    const { tag, at } = this.begin(OP.POKE, -1, 8 + bytes.length);
+    const at = this.begin(OP.POKE, -1, 8 + bytes.length);
     writeI64(this.out, va, at);
     this.out.set(bytes, at + 8);
-    const r = await this.send(tag);
+    const r = await this.send<WireReply>(K_RAW, -1, 0);
     if (r.ret < 0) throw failure(`poke 0x${va.toString(16)}`, r.ret);
   }
 
@@ -445,20 +567,31 @@ export class PasidkitClient {
   }
 
   /** IOMMU_IOAS_ALLOC: a new IOAS; resolves with its ID. */
-  async ioasAlloc(fd: number): Promise<number> {
-    const r = await this.ioctl(fd, IOCTLS.IOMMU_IOAS_ALLOC.cmd, IOAS_ALLOC_ARG);
-    return r.arg.readUInt32LE(OUT_IOAS_ID);
+  ioasAlloc(fd: number): Promise<number> {
+    // Not an async function (one promise per call, not two), so a bad argument is turned into
+    // a rejection by hand, as an async function would.
+    try {
+      const at = this.begin(OP.IOCTL, fd, 4 + IOAS_ALLOC_ARG.length);
+      this.out.writeUInt32LE(IOAS_ALLOC_CMD, at);
+      this.out.set(IOAS_ALLOC_ARG, at + 4);
+      return this.send<number>(K_IOAS_ALLOC, fd, IOAS_ALLOC_CMD);
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   /** IOMMU_DESTROY of any object ID. */
-  async destroy(fd: number, id: number): Promise<void> {
-    const { tag, at } = this.begin(OP.IOCTL, fd, 4 + STRUCTS.iommu_destroy.size);
-    const o = this.out;
-    o.writeUInt32LE(IOCTLS.IOMMU_DESTROY.cmd, at);
-    o.writeUInt32LE(STRUCTS.iommu_destroy.size, at + 4);
-    o.writeUInt32LE(id >>> 0, at + 4 + DESTROY_ID);
-    const r = await this.send(tag);
-    if (r.ret < 0) throw new IoctlError(errnoCode(r.ret), `IOMMU_DESTROY of ${id}`, r.payload);
+  destroy(fd: number, id: number): Promise<void> {
+    try {
+      const at = this.begin(OP.IOCTL, fd, 4 + DESTROY_SIZE);
+      const o = this.out;
+      o.writeUInt32LE(DESTROY_CMD, at);
+      o.writeUInt32LE(DESTROY_SIZE, at + 4);
+      o.writeUInt32LE(id >>> 0, at + 4 + DESTROY_ID);
+      return this.send<void>(K_DESTROY, fd, id);
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   /**
@@ -761,9 +894,21 @@ const MAP_READABLE = IOMMUFD_ENUMS.IOMMU_IOAS_MAP_READABLE;
 const VFIO_DEVICE_ATTACH_PASID = VFIO_ENUMS.VFIO_DEVICE_ATTACH_PASID;
 const DESTROY_ID = offsetof(STRUCTS.iommu_destroy, 'id');
 
+const DESTROY_SIZE = STRUCTS.iommu_destroy.size;
+const DESTROY_CMD = IOCTLS.IOMMU_DESTROY.cmd;
+
 /** The IOAS_ALLOC argument never changes: built once with the codec. */
 const IOAS_ALLOC_ARG = build(STRUCTS.iommu_ioas_alloc);
+const IOAS_ALLOC_CMD = IOCTLS.IOMMU_IOAS_ALLOC.cmd;
 const OUT_IOAS_ID = offsetof(STRUCTS.iommu_ioas_alloc, 'out_ioas_id');
+
+/** A reply payload as a Buffer of its own (the receive buffer is reused). */
+function copyOut(b: Buffer, p: number, plen: number): Buffer {
+  if (plen <= 0) return EMPTY;
+  const out = Buffer.allocUnsafe(plen);
+  b.copy(out, 0, p, p + plen);
+  return out;
+}
 
 // The op numbers, and the mmap values a caller passes to mmap().
 export { MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, OP, OP_NAMES, PROT_READ, PROT_WRITE } from './protocol.ts';

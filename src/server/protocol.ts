@@ -62,6 +62,12 @@ export function readU64(b: Buffer, off: number): number {
 
 /** Writes a safe integer (possibly negative) as an i64 or u64. */
 export function writeI64(b: Buffer, v: number, off: number): void {
+  if ((v | 0) === v) {
+    // An int32 (every ret but a mapping's VA): its high half is the sign.
+    b.writeInt32LE(v, off);
+    b.writeInt32LE(v >> 31, off + 4);
+    return;
+  }
   const hi = Math.floor(v / TWO32);
   b.writeUInt32LE(v - hi * TWO32, off);
   b.writeInt32LE(hi, off + 4);

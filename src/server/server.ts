@@ -6,9 +6,11 @@
 //
 // Framing is done on the bytes as they arrive: a frame is parsed in place from the socket's chunk
 // when it is whole, and only a partial frame at the end of a chunk is copied into a per-connection
-// buffer. Replies are encoded into a per-connection scratch buffer and sent with one write per
-// batch (one batch = the frames of one chunk), so that a pipelining client costs one syscall per
-// batch each way. Requests are executed in order, synchronously, which is what makes replies
+// buffer. The sockets the server accepts read into a buffer of their connection's own (adopt),
+// so a read costs no allocation and no stream machinery. Replies are encoded into a
+// per-connection scratch buffer, reused once the socket has taken its bytes, and sent with one
+// write per batch (one batch = the frames of one chunk), so that a pipelining client costs one
+// syscall per batch each way. Requests are executed in order, synchronously, which is what makes replies
 // come back in request order and what makes a frame that has arrived whole finish before a
 // graceful shutdown closes its connection.
 //
@@ -21,7 +23,7 @@
 import { lstatSync, statSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { ERRNO, type KernelError } from '../core/errno.ts';
-import { type IommufdHost, ioctl, ioctlValue } from '../iommufd/engine.ts';
+import { type IommufdHost, ioctlInPlace, ioctlValue } from '../iommufd/engine.ts';
 import type { Process } from '../iommufd/process.ts';
 import { IOCTLS } from '../iommufd/uapi/index.ts';
 import { createHost } from './host.ts';
@@ -76,8 +78,12 @@ const PAGE_SIZE = 4096;
 /** Stop executing frames while this much of a connection's output is waiting for the socket. */
 const OUT_HIGH_WATER = 4 * 1024 * 1024;
 const OUT_INITIAL = 16 * 1024;
-/** Replies up to this size are copied out of the scratch buffer (from Node's small-buffer pool). */
-const OUT_COPY_MAX = 16 * 1024;
+/** A reply scratch buffer larger than this is not reused once written. */
+const OUT_KEEP = 256 * 1024;
+/** Views of the reply scratch buffer are kept for batches shorter than this. */
+const VIEW_SIZES = 256;
+/** What a connection reads into, reused for every read. */
+const READ_BUFFER = 64 * 1024;
 /** A partial-frame buffer bigger than this is dropped once empty, so idle connections stay small. */
 const PEND_KEEP = 256 * 1024;
 /** How long a graceful shutdown waits for a client to take its last replies. */
@@ -156,7 +162,8 @@ export class WireServer {
    */
   async listen(target: ListenTarget): Promise<string> {
     if (this.closing) throw new Error('the server is shutting down');
-    const server = net.createServer({ noDelay: true }, (s) => this.attach(s));
+    // Paused until the connection takes the socket over with its own read buffer (see adopt).
+    const server = net.createServer({ noDelay: true, pauseOnConnect: true }, (s) => this.serve(s, true));
     if ('path' in target) {
       await removeStaleSocket(target.path);
       await listenOn(server, { path: target.path });
@@ -180,11 +187,16 @@ export class WireServer {
 
   /** Serves one already-connected stream socket as a new client process. */
   attach(socket: net.Socket): void {
+    this.serve(socket, false);
+  }
+
+  /** `accepted`: a socket of our own listeners, paused since it was accepted. */
+  private serve(socket: net.Socket, accepted: boolean): void {
     if (this.closing) {
       socket.destroy();
       return;
     }
-    const c = new Connection(this, socket, this.nextConnId++);
+    const c = new Connection(this, socket, this.nextConnId++, accepted);
     this.conns.add(c);
     c.onGone = () => {
       this.conns.delete(c);
@@ -292,6 +304,8 @@ class Connection {
   // Reply scratch: out[0, outLen) are encoded replies not yet written.
   private out: Buffer = Buffer.allocUnsafe(OUT_INITIAL);
   private outLen = 0;
+  private views: (Buffer | undefined)[] = [];
+  private viewsOf: Buffer = EMPTY;
   /** The reply payload of the request being executed (null: none). */
   private payload: Uint8Array | null = null;
   /** Waiting for 'drain' before executing more frames. */
@@ -307,10 +321,12 @@ class Connection {
   private bytesOut = 0;
   private closed: Promise<void>;
 
-  constructor(srv: WireServer, socket: net.Socket, id: number) {
+  /** `paused`: accepted paused by one of the server's listeners, so it may be taken over (adopt). */
+  constructor(srv: WireServer, accepted: net.Socket, id: number, paused: boolean) {
     this.srv = srv;
-    this.socket = socket;
     this.id = id;
+    const socket = (paused && adopt(accepted, (n, b) => this.onData(b, n))) || accepted;
+    this.socket = socket;
     this.maxFrame = srv.maxFrame;
     this.verbose = srv.verbose;
     this.proc = srv.host.spawn(
@@ -324,7 +340,10 @@ class Connection {
         resolve();
       });
     });
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (socket === accepted) {
+      socket.on('data', (chunk: Buffer) => this.onData(chunk, chunk.length));
+      if (paused) socket.resume();
+    }
     socket.on('drain', () => this.onDrain());
     socket.on('error', (e: NodeJS.ErrnoException) => {
       this.endReason = `error ${e.code ?? e.message}`;
@@ -333,18 +352,20 @@ class Connection {
 
   // ---- input -------------------------------------------------------------------------------
 
-  private onData(chunk: Buffer): void {
-    if (this.ending) return;
-    this.bytesIn += chunk.length;
+  /** chunk[0, n) has arrived; nothing of it may be kept past this call but by copying. */
+  private onData(chunk: Buffer, n: number): boolean {
+    if (this.ending) return true;
+    this.bytesIn += n;
     if (this.pendLen === 0 && !this.blocked) {
       // The common case: whole frames straight from the chunk, only a tail is kept.
-      const used = this.run(chunk, chunk.length);
-      if (used < chunk.length) this.keep(chunk, used, chunk.length);
+      const used = this.run(chunk, n);
+      if (used < n) this.keep(chunk, used, n);
     } else {
-      this.append(chunk);
+      this.append(chunk, n);
       if (!this.blocked) this.runPending();
     }
     this.flush();
+    return true;
   }
 
   private onDrain(): void {
@@ -371,10 +392,10 @@ class Connection {
     this.pendLen = to - from;
   }
 
-  private append(chunk: Buffer): void {
-    this.ensurePend(this.pendLen + chunk.length);
-    chunk.copy(this.pend, this.pendLen);
-    this.pendLen += chunk.length;
+  private append(chunk: Buffer, n: number): void {
+    this.ensurePend(this.pendLen + n);
+    chunk.copy(this.pend, this.pendLen, 0, n);
+    this.pendLen += n;
   }
 
   /**
@@ -499,7 +520,7 @@ class Connection {
     if (payload === null) this.header(tag, ret, 0);
     else {
       this.header(tag, ret, payload.length);
-      this.out.set(payload, this.outLen);
+      copyBytes(payload, 0, this.out, this.outLen, payload.length);
       this.outLen += payload.length;
       this.payload = null;
     }
@@ -526,14 +547,13 @@ class Connection {
         if (n < 4) return -E.EINVAL;
         const request = b.readUInt32LE(p);
         // A copy with its own ArrayBuffer: the engine may view it by .buffer, and it must not
-        // alias the connection's receive buffer.
+        // alias the connection's receive buffer. The engine writes back into it, as into the
+        // user memory of a real ioctl, and it is the reply payload (same length as sent).
         const arg = new Uint8Array(n - 4);
-        b.copy(arg, 0, p + 4, pe);
+        copyBytes(b, p + 4, arg, 0, n - 4);
         this.payload = arg;
         if (this.wouldExceedFiles(request, arg)) return -E.EMFILE;
-        const r = ioctl(proc, fd, request, arg);
-        this.payload = sameLength(r.arg, arg);
-        return r.ret;
+        return ioctlInPlace(proc, fd, request, arg);
       }
       case OP.IOCTL_VALUE: {
         if (n !== 12) return -E.EINVAL;
@@ -683,21 +703,32 @@ class Connection {
     this.header(tag, -errno, 0);
   }
 
+  /**
+   * out[0, n) as a Buffer. Views of small sizes are kept while `out` stays the same buffer:
+   * replies come in a few sizes, and a batch is mostly one reply.
+   */
+  private outView(n: number): Buffer {
+    if (n >= VIEW_SIZES) return this.out.subarray(0, n);
+    if (this.viewsOf !== this.out) {
+      this.views = [];
+      this.viewsOf = this.out;
+    }
+    let v = this.views[n];
+    if (v === undefined) v = this.views[n] = this.out.subarray(0, n);
+    return v;
+  }
+
   private flush(): void {
     const n = this.outLen;
     if (n === 0 || this.gone) return;
-    let b: Buffer;
-    if (n <= OUT_COPY_MAX) {
-      b = Buffer.allocUnsafe(n);
-      this.out.copy(b, 0, 0, n);
-    } else {
-      // Big batches hand the scratch buffer itself to the socket and start a new one.
-      b = this.out.subarray(0, n);
-      this.out = Buffer.allocUnsafe(OUT_INITIAL);
-    }
     this.outLen = 0;
     this.bytesOut += n;
-    this.socket.write(b);
+    const s = this.socket;
+    s.write(this.outView(n));
+    // With nothing left queued in the socket the kernel has taken the bytes, and the scratch
+    // buffer is free again; otherwise the socket holds those bytes and replies go to a new one.
+    // A scratch buffer grown by a big batch is dropped, so idle connections stay small.
+    if (s.writableLength !== 0 || this.out.length > OUT_KEEP) this.out = Buffer.allocUnsafe(OUT_INITIAL);
   }
 
   // ---- end of the connection -----------------------------------------------------------------
@@ -748,6 +779,39 @@ class Connection {
   }
 }
 
+/**
+ * The accepted socket's connection, as a socket that reads into `buffer` and hands each read to
+ * `onread` (Node's `onread` option, which net.Server does not offer for the sockets it accepts),
+ * a buffer of the connection's own, reused for every read:
+ * no Buffer per read and no stream machinery between the read and the frame parser. The
+ * listener accepts paused, so nothing has been read yet; the accepted socket keeps only its
+ * place in the server's connection count, released when the new one closes. Null where the
+ * socket has no libuv stream handle to take over (then the 'data' events serve).
+ */
+function adopt(accepted: net.Socket, onread: (n: number, b: Buffer) => boolean): net.Socket | null {
+  const shell = accepted as unknown as { _handle?: { useUserBuffer?: unknown; reading?: boolean } | null };
+  const handle = shell._handle;
+  if (!handle || typeof handle.useUserBuffer !== 'function' || handle.reading || accepted.destroyed)
+    return null;
+  shell._handle = null;
+  const socket = new net.Socket({
+    handle,
+    readable: true,
+    writable: true,
+    onread: {
+      buffer: Buffer.allocUnsafe(READ_BUFFER),
+      callback: (n: number, b: Uint8Array) => onread(n, b as Buffer),
+    },
+  } as net.SocketConstructorOpts);
+  if ((socket as unknown as typeof shell)._handle !== handle) {
+    // A Node that no longer takes over a handle this way: the accepted socket serves as it is.
+    shell._handle = handle;
+    return null;
+  }
+  socket.once('close', () => accepted.destroy());
+  return socket;
+}
+
 function retOf(r: number | KernelError): number {
   return typeof r === 'number' ? r : -r.errno;
 }
@@ -756,12 +820,13 @@ function voidRet(r: KernelError | undefined): number {
   return r === undefined ? 0 : -r.errno;
 }
 
-/** The argument as the kernel left it, exactly as long as it was sent. */
-function sameLength(after: Uint8Array, sent: Uint8Array): Uint8Array {
-  if (after.length === sent.length) return after;
-  const r = sent.slice();
-  r.set(after.subarray(0, sent.length));
-  return r;
+/** Copies src[from, from + n) to dst at `to`; by hand for the few bytes of a typical struct. */
+function copyBytes(src: Uint8Array, from: number, dst: Uint8Array, to: number, n: number): void {
+  if (n > 64) {
+    dst.set(src.subarray(from, from + n), to);
+    return;
+  }
+  for (let i = 0; i < n; i++) dst[to + i] = src[from + i]!;
 }
 
 /**

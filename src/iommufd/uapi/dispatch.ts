@@ -80,10 +80,11 @@ export function copyStructFromUser(ksize: number, arg: UserArg, usize: number): 
         return kerr('E2BIG', `non-zero byte at offset ${i}, past the ${ksize}-byte struct the kernel knows`);
     }
   }
-  const head = copyFromUser(arg, 0, size, 'copy_struct_from_user');
-  if (!(head instanceof Uint8Array)) return head;
+  // The common prefix, all or nothing (copy_from_user); copied by hand because the structs are
+  // a few dozen bytes, where a slice and a TypedArray.set cost more than the copy.
+  if (size > 0 && (arg === null || size > arg.length)) return fault('copy_struct_from_user');
   const k = new Uint8Array(ksize);
-  k.set(head);
+  for (let i = 0; i < size; i++) k[i] = arg![i]!;
   return k;
 }
 
@@ -156,7 +157,13 @@ export function ucmdRespond(
   userSize: number,
   len: number = kbuf.length,
 ): KernelError | undefined {
-  return copyToUser(arg, 0, kbuf.subarray(0, Math.min(userSize, len)), 'iommufd_ucmd_respond');
+  // copy_to_user of kbuf[0, n) at 0, written out by hand (see copyStructFromUser).
+  const n = Math.min(userSize, len, kbuf.length);
+  if (n <= 0) return undefined;
+  if (arg === null) return fault('iommufd_ucmd_respond');
+  const room = Math.min(n, arg.length);
+  for (let i = 0; i < room; i++) arg[i] = kbuf[i]!;
+  return room < n ? fault('iommufd_ucmd_respond') : undefined;
 }
 
 /** copy_to_user of one field of the kernel's struct, as IOMMU_OPTION (val64) and others do. */
