@@ -659,9 +659,13 @@ export class IdTable {
     const ci = id >>> CHUNK_SHIFT;
     const off = id & CHUNK_MASK;
     const w = off >>> 5;
-    ch.l0[w]! &= ~(1 << (off & 31));
-    ch.l1[w >>> 5]! &= ~(1 << (w & 31));
-    ch.l2 &= ~(1 << (w >>> 5));
+    const was = ch.l0[w]!;
+    ch.l0[w] = was & ~(1 << (off & 31));
+    if (was === -1) {
+      // The word was full, so its l1 bit (and maybe the l2 bit above it) was set.
+      ch.l1[w >>> 5]! &= ~(1 << (w & 31));
+      ch.l2 &= ~(1 << (w >>> 5));
+    }
     if (ch.count-- === CHUNK_IDS) this.full[ci >>> 5]! &= ~(1 << (ci & 31));
     if (this.records) {
       // Drop the reference now (the kernel frees the record). `rec` may keep stale words: it is
