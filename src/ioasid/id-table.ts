@@ -470,6 +470,11 @@ export class IdTable {
         }
       }
     }
+    return this.takeLowestSearch(min, max, own);
+  }
+
+  /** takeLowestOwn when the first word it looks at has no free ID: kept out of line so the common case inlines. */
+  private takeLowestSearch(min: number, max: number, own: number): number {
     const id = this.lowestFree(min, max);
     if (id < 0) return -1;
     const ch = this.insert(id);
