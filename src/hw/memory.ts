@@ -45,6 +45,11 @@ export class PhysicalMemory {
   readonly frameLimit: number;
   /** Flat layout: word i of frame fn is flat[fn * 1024 + i]. Null for the slot layout. */
   readonly flat: Uint32Array | null;
+  /**
+   * The same words as `flat`, signed: a walk that only tests bits and builds indices keeps every
+   * value an int32 this way, where a u32 load must be checked for the sign bit before such use.
+   */
+  readonly flat32: Int32Array | null;
   private readonly flatSeq: Float64Array | null;
   private flatFrames = 0;
   /** Slot layout: frame number -> slot (0 = never written), when a flat map fits. */
@@ -66,12 +71,14 @@ export class PhysicalMemory {
     this.frameLimit = Math.ceil(this.size / PAGE_SIZE);
     if (this.size <= FLAT_MAX_BYTES) {
       this.flat = new Uint32Array(this.frameLimit * FRAME_WORDS);
+      this.flat32 = new Int32Array(this.flat.buffer);
       this.flatSeq = new Float64Array(this.frameLimit);
       this.slotOf = null;
       this.slotMap = null;
       return;
     }
     this.flat = null;
+    this.flat32 = null;
     this.flatSeq = null;
     if (this.frameLimit <= SLOT_FLAT_LIMIT) {
       this.slotOf = new Int32Array(this.frameLimit);

@@ -8,8 +8,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import { DEFAULT_VTD } from '../../machine-config.ts';
 import { ACCESS_R, ACCESS_W, ACCESS_X } from './faults.ts';
-import { XLATE_FAULT } from './iommu.ts';
+import { VtdIommu, XLATE_FAULT } from './iommu.ts';
+import { buildCapRegisters, ECAP } from './regs.ts';
+import { entryAddr } from './tables.ts';
 import { Rig, SID } from './test-rig.ts';
 
 type Res = { hpa: bigint } | { fault: number };
@@ -18,7 +21,10 @@ const M48 = (1n << 48n) - 1n;
 const ADDR = 0x000f_ffff_ffff_f000n;
 const bit = (v: bigint, b: number) => (v >> BigInt(b)) & 1n;
 
-/** The reference: reads memory through `rd` (qword at a byte address), returns the outcome. */
+/**
+ * The reference: reads memory through `rd` (qword at a byte address), returns the outcome. The
+ * hardware is the default one, with supervisor requests (ECAP.SRS) if `srs`.
+ */
 function reference(
   rd: (a: bigint) => bigint | null,
   rta: bigint,
@@ -27,6 +33,7 @@ function reference(
   addr: bigint,
   accessIn: number,
   privIn: boolean,
+  srs = false,
 ): Res {
   const F = (fault: number): Res => ({ fault });
   let access = accessIn;
@@ -101,12 +108,12 @@ function reference(
   const wpe = bit(p2, 4) === 1n;
   const nxe = bit(p2, 5) === 1n;
   const smep = bit(p2, 6) === 1n;
-  // default hardware: SAGAW 39/48, no FL5LP, SRS/ERS/EAFS/SLADS clear
+  // default hardware: SAGAW 39/48, no FL5LP, ERS/EAFS/SLADS clear, SRS as given
   if (
     ![1, 2, 3, 4].includes(pgtt) ||
     ((pgtt === 2 || pgtt === 3) && aw !== 1 && aw !== 2) ||
     ((pgtt === 1 || pgtt === 3) && flpm !== 0) ||
-    sre ||
+    (sre && !srs) ||
     ere ||
     bit(p2, 7) === 1n ||
     bit(p0, 9) === 1n
@@ -344,24 +351,42 @@ function buildWorld(seed: number, iotlb: number): World {
   return { rig, entries, vas };
 }
 
-function model(rig: Rig, pasid: number | undefined, addr: bigint, access: number, priv: boolean): Res {
-  const r = rig.iommu.translate64(
-    SID,
-    pasid ?? -1,
-    Number(addr >> 32n),
-    Number(addr & 0xffff_ffffn),
-    access,
-    priv,
-  );
+/** The model's answer through translate64, or (`viaTranslate`, addresses below 2^53) translate. */
+function model(
+  rig: Rig,
+  pasid: number | undefined,
+  addr: bigint,
+  access: number,
+  priv: boolean,
+  viaTranslate = false,
+): Res {
+  const r =
+    viaTranslate && addr < 1n << 53n
+      ? rig.iommu.translate(SID, pasid ?? -1, Number(addr), access, priv)
+      : rig.iommu.translate64(
+          SID,
+          pasid ?? -1,
+          Number(addr >> 32n),
+          Number(addr & 0xffff_ffffn),
+          access,
+          priv,
+        );
   if (r === XLATE_FAULT) return { fault: rig.iommu.lastFault!.reason };
   if (r < 0) return { fault: r };
   return { hpa: BigInt(r) };
 }
 
-function ref(rig: Rig, pasid: number | undefined, addr: bigint, access: number, priv: boolean): Res {
+function ref(
+  rig: Rig,
+  pasid: number | undefined,
+  addr: bigint,
+  access: number,
+  priv: boolean,
+  srs = false,
+): Res {
   const mem = rig.mem;
   const rd = (a: bigint) => (a + 8n <= BigInt(mem.size) ? mem.readU64(Number(a)) : null);
-  return reference(rd, BigInt(rig.tb.root), SID, pasid, addr, access, priv);
+  return reference(rd, BigInt(rig.tb.root), SID, pasid, addr, access, priv, srs);
 }
 
 const show = (r: Res) => ('hpa' in r ? `hpa 0x${r.hpa.toString(16)}` : `fault 0x${r.fault.toString(16)}`);
@@ -371,6 +396,7 @@ const arbReq = fc.record({
   vaIndex: fc.nat(),
   access: fc.constantFrom(ACCESS_R, ACCESS_W, ACCESS_R | ACCESS_W, ACCESS_R | ACCESS_X),
   priv: fc.boolean(),
+  viaTranslate: fc.boolean(),
 });
 
 const arbStep = fc.oneof(
@@ -396,7 +422,14 @@ test('differential: the model agrees with a cache-less reference walker, stale r
 });
 
 type Step =
-  | { kind: 'req'; pasid: number | undefined; vaIndex: number; access: number; priv: boolean }
+  | {
+      kind: 'req';
+      pasid: number | undefined;
+      vaIndex: number;
+      access: number;
+      priv: boolean;
+      viaTranslate?: boolean;
+    }
   | { kind: 'mut'; entry: number; xorLo: number };
 
 export function checkRun(seed: number, iotlb: number, steps: Step[]): void {
@@ -427,7 +460,7 @@ export function checkRun(seed: number, iotlb: number, steps: Step[]): void {
       wantOld = ref(rig, st.pasid, va, st.access, st.priv);
       mem.writeU64(pending.addr, cur);
     }
-    const got = model(rig, st.pasid, va, st.access, st.priv);
+    const got = model(rig, st.pasid, va, st.access, st.priv, st.viaTranslate === true);
     const same = (x: Res) => show(x) === show(got);
     if (!same(want) && !(wantOld !== null && same(wantOld))) {
       assert.fail(
@@ -448,8 +481,9 @@ export function checkRun(seed: number, iotlb: number, steps: Step[]): void {
           show(want),
           `after invalidation: pasid ${pasid} va 0x${va.toString(16)} access ${access}`,
         );
-        // and again, now possibly from the IOTLB
+        // and again, now possibly from the IOTLB (or, without one, the nested quick path)
         assert.equal(show(model(rig, pasid, va, access, false)), show(want));
+        assert.equal(show(model(rig, pasid, va, access, false, true)), show(want));
       }
     }
   }
@@ -476,4 +510,240 @@ test('differential: tracing (the general walk) and the fast paths give the same 
     }),
     { numRuns: 40 },
   );
+});
+
+// ---------------------------------------------------------------------------------------------
+// Nested translation without an IOTLB (nestedQuick): no cache stands between the tables and the
+// answer, so after any change of any bit of any paging entry on the way the model must agree
+// with the reference at once, whichever path answered.
+
+interface NestedWorld {
+  rig: Rig;
+  /** Per PASID (1..3), the addresses it maps, and two non-canonical or unmapped ones. */
+  vas: number[][];
+  /**
+   * Per PASID, the HPAs of the paging entries (both stages) the walks of its `vas` read, once per
+   * read (an entry many walks share is as likely to change as it is important), each with the
+   * index in `vas` of the address whose walk read it.
+   */
+  entries: [hpa: number, vaIndex: number][][];
+}
+
+function nestedWorld(seed: number): NestedWorld {
+  let s = seed >>> 0 || 1;
+  const rnd = (n: number) => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) % n;
+  };
+  // supervisor requests are possible (ECAP.SRS), so the quick path's supervisor rules are tested
+  const cfg = { ...DEFAULT_VTD, iotlb_entries: 0, fault_records: 8 };
+  const rig = new Rig({ ...cfg, ecap: buildCapRegisters(cfg).ecap | ECAP.SRS });
+  const vas: number[][] = [[]];
+  const roots: { sl: number; fl: number }[] = [];
+  for (let pasid = 1; pasid <= 3; pasid++) {
+    const { flRoot, slRoot } = rig.nested(
+      pasid,
+      { did: pasid, wpe: rnd(2), sre: rnd(3) === 0 ? 0 : 1 },
+      { w: rnd(10) !== 0, leafLevel: 1 },
+      24 * 0x10_0000,
+    );
+    roots.push({ sl: slRoot, fl: flRoot });
+    const mine: number[] = [];
+    vas.push(mine);
+    // one guest-physical page the second level maps into the interrupt window (SGN.8)
+    rig.mapSl(slRoot, 32 * 0x10_0000, 0xfee0_0000, { leafLevel: 1 });
+    for (let i = 0; i < 6; i++) {
+      const va = (rnd(4) * 0x4000_0000 + rnd(3) * 0x20_0000 + rnd(6) * 0x1000) >>> 0;
+      const gpa = i === 0 && rnd(3) === 0 ? 32 * 0x10_0000 : rnd(26) * 0x10_0000 + rnd(256) * 0x1000;
+      // the leaf already accessed, so the quick path also meets leaves it must refuse
+      rig.mapGuestFl(flRoot, va, gpa >>> 0, { rw: rnd(4) !== 0, us: rnd(6) !== 0, a: true, d: rnd(2) === 0 });
+      mine.push(va, va + 0x9a8);
+    }
+    // not canonical, though the table maps it: an address with bit 47 set (translate takes it too);
+    // and one in the upper half
+    const nc = mine[0]! + 2 ** 47;
+    rig.mapGuestFl(flRoot, nc, 0x10_0000, { a: true, d: true });
+    for (let lvl = 4; lvl >= 2; lvl--) {
+      const ea = entryAddr(rig.mem, flRoot, nc, lvl, 4, 1, rig.g2h)!;
+      rig.mem.write64(ea, (rig.mem.readLo(ea) | 0x20) >>> 0, rig.mem.readHi(ea)); // accessed
+    }
+    mine.push(mine[0]! + 2 ** 47, 0xffff_8000_0000_1000);
+  }
+  // every paging entry a walk of one of these addresses reads, while they are present
+  const mem = rig.mem;
+  const entries: [number, number][][] = [[]];
+  let mine: [number, number][] = [];
+  let vi = 0;
+  const slWalk = (root: number, gpa: number): number | null => {
+    let t = root;
+    for (let lvl = 4; lvl >= 1; lvl--) {
+      const ea = t + (Math.floor(gpa / 2 ** (12 + 9 * (lvl - 1))) % 512) * 8;
+      if (ea + 8 > mem.size) return null;
+      mine.push([ea, vi]);
+      const lo = mem.readLo(ea);
+      if ((lo & 3) === 0) return null;
+      t = (mem.readHi(ea) & 0xfffff) * 2 ** 32 + ((lo & 0xfffff000) >>> 0);
+    }
+    return t;
+  };
+  for (const [i, { sl, fl }] of roots.entries()) {
+    mine = [];
+    entries.push(mine);
+    for (const [j, va] of vas[i + 1]!.entries()) {
+      if (va >= 2 ** 47) continue;
+      vi = j;
+      let tg = fl;
+      for (let lvl = 4; lvl >= 1; lvl--) {
+        const th = slWalk(sl, tg);
+        if (th === null) break;
+        const ea = th + (Math.floor(va / 2 ** (12 + 9 * (lvl - 1))) % 512) * 8;
+        if (ea + 8 > mem.size) break;
+        mine.push([ea, vi]);
+        const lo = mem.readLo(ea);
+        if ((lo & 1) === 0) break;
+        tg = (mem.readHi(ea) & 0xfffff) * 2 ** 32 + ((lo & 0xfffff000) >>> 0);
+        if (lvl === 1) slWalk(sl, tg);
+      }
+    }
+  }
+  // one read and one write of each address: the accessed (and dirty) bits the walks may set
+  for (let pasid = 1; pasid <= 3; pasid++) {
+    for (const va of vas[pasid]!) {
+      for (const access of [ACCESS_R, ACCESS_W]) model(rig, pasid, BigInt(va), access, false);
+    }
+  }
+  return { rig, vas, entries };
+}
+
+const arbNestedReq = fc.record({
+  vaIndex: fc.nat(),
+  access: fc.constantFrom(ACCESS_R, ACCESS_R, ACCESS_R, ACCESS_W, ACCESS_R | ACCESS_W, ACCESS_R | ACCESS_X),
+  priv: fc.integer({ min: 0, max: 4 }).map((n) => n === 0),
+  viaTranslate: fc.boolean(),
+  /** Asked again at once: the first answer may come from the full walk, the next ones quick. */
+  times: fc.integer({ min: 1, max: 3 }),
+  /** After a flip: the address whose walk read the flipped entry, not `vaIndex`. */
+  flipped: fc.boolean(),
+});
+
+/**
+ * Requests of one PASID, after one bit of one entry its walks read has been flipped (or not);
+ * then the bit is flipped back unless `keep`.
+ */
+const arbNestedStep = fc.record({
+  pasid: fc.integer({ min: 1, max: 3 }),
+  flip: fc.option(
+    fc.record({
+      // (unbiased: every entry and every bit as likely)
+      entry: fc.noBias(fc.integer({ min: 0, max: 0x3fff_ffff })),
+      // (as an index into the qword) P/R, R/W/W, U/S/X, A, D, PS, SNP, address bits on both
+      // sides of the 4 GiB and memory-size lines, bits beyond HAW, TM, XD
+      bit: fc.noBias(
+        fc.constantFrom(0, 1, 2, 5, 6, 7, 11, 12, 21, 28, 29, 30, 31, 32, 33, 45, 48, 51, 62, 63),
+      ),
+      keep: fc.integer({ min: 0, max: 5 }).map((n) => n === 0),
+    }),
+    { nil: undefined, freq: 2 },
+  ),
+  reqs: fc.array(arbNestedReq, { minLength: 1, maxLength: 4 }),
+});
+
+test('differential: nested walks with no IOTLB (the quick path) agree with the reference after any bit of any entry on the way changes', () => {
+  // count the answers the quick path gave, so the property is known to exercise it
+  const proto = VtdIommu.prototype as unknown as Record<string, (...a: unknown[]) => number>;
+  const original = proto.nestedQuick!;
+  let quick = 0;
+  proto.nestedQuick = function (this: unknown, ...a: unknown[]) {
+    const r = original.apply(this, a);
+    if (r >= 0) quick++;
+    return r;
+  };
+  try {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 0x7fff_ffff }),
+        fc.array(arbNestedStep, { minLength: 5, maxLength: 40 }),
+        (seed, steps) => {
+          const { rig, vas, entries } = nestedWorld(seed);
+          const mem = rig.mem;
+          const flip = (a: number, bit: number) => {
+            const m = (1 << (bit & 31)) >>> 0;
+            const lo = mem.readLo(a);
+            const hi = mem.readHi(a);
+            mem.write64(a, bit >= 32 ? lo : (lo ^ m) >>> 0, bit >= 32 ? (hi ^ m) >>> 0 : hi);
+          };
+          for (const st of steps) {
+            const mine = entries[st.pasid]!;
+            const [at, atVa] =
+              st.flip === undefined || mine.length === 0 ? [-1, 0] : mine[st.flip.entry % mine.length]!;
+            const saved = at >= 0 ? mem.readU64(at) : 0n;
+            if (at >= 0) flip(at, st.flip!.bit);
+            for (const q of st.reqs) {
+              const list = vas[st.pasid]!;
+              const va = BigInt(list[at >= 0 && q.flipped ? atVa : q.vaIndex % list.length]!);
+              for (let i = 0; i < q.times; i++) {
+                const want = ref(rig, st.pasid, va, q.access, q.priv, true);
+                const walks = rig.iommu.walkCount;
+                const got = model(rig, st.pasid, va, q.access, q.priv, q.viaTranslate);
+                assert.equal(rig.iommu.walkCount, walks + 1, 'every translation is one walk');
+                assert.equal(
+                  show(got),
+                  show(want),
+                  `pasid ${st.pasid} va 0x${va.toString(16)} access ${q.access} priv ${q.priv} (request ${i + 1})`,
+                );
+              }
+            }
+            if (at >= 0 && !st.flip!.keep) mem.writeU64(at, saved);
+          }
+          rig.iommu.checkInvariants();
+        },
+      ),
+      { numRuns: 150 },
+    );
+  } finally {
+    proto.nestedQuick = original;
+  }
+  assert.ok(quick > 500, `the quick path answered ${quick} requests`);
+});
+
+test('differential: nested walks with no IOTLB agree with the reference with each bit of each entry of a walk flipped in turn', () => {
+  for (const seed of [1, 0x2545_f491, 0x7654_3210]) {
+    const { rig, vas, entries } = nestedWorld(seed);
+    const mem = rig.mem;
+    const flip = (a: number, bit: number) => {
+      const m = (1 << (bit & 31)) >>> 0;
+      const lo = mem.readLo(a);
+      const hi = mem.readHi(a);
+      mem.write64(a, bit >= 32 ? lo : (lo ^ m) >>> 0, bit >= 32 ? (hi ^ m) >>> 0 : hi);
+    };
+    for (let pasid = 1; pasid <= 3; pasid++) {
+      // the walk of the first address (both stages, 24 reads when it completes), entry by entry
+      const walk = [...new Set(entries[pasid]!.filter(([, vi]) => vi === 0).map(([a]) => a))];
+      const va = BigInt(vas[pasid]![0]!);
+      for (const at of walk) {
+        for (const bit of [0, 1, 2, 5, 6, 7, 11, 12, 21, 28, 29, 30, 31, 32, 33, 45, 48, 51, 62, 63]) {
+          const saved = mem.readU64(at);
+          flip(at, bit);
+          for (const access of [ACCESS_R, ACCESS_W, ACCESS_R | ACCESS_W]) {
+            for (const priv of [false, true]) {
+              // twice: the second answer is the quick path's whenever it applies
+              for (const viaTranslate of [false, true]) {
+                const want = ref(rig, pasid, va, access, priv, true);
+                const got = model(rig, pasid, va, access, priv, viaTranslate);
+                assert.equal(
+                  show(got),
+                  show(want),
+                  `pasid ${pasid} entry 0x${at.toString(16)} bit ${bit} access ${access} priv ${priv}`,
+                );
+              }
+            }
+          }
+          mem.writeU64(at, saved);
+        }
+      }
+    }
+    rig.iommu.checkInvariants();
+  }
 });

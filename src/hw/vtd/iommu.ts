@@ -144,6 +144,13 @@ const INT_HI = 0xfeefffff;
 const INT_LO_FN = INT_LO / 4096;
 const INT_HI_FN = INT_HI >>> 12;
 
+// nestedQuick's reserved high-word bits for a 48-bit host address width (setQuick checks it):
+// FL: address bits 51:48; SL: those and TM (bit 62); SL table pointers: also every address bit
+// beyond flat memory (at most 8 GiB, so of the high word only bit 0 may be set)
+const QUICK_FL_RSVD_HI = 0xf0000;
+const QUICK_SL_LEAF_RSVD_HI = 0x400f0000;
+const QUICK_SL_RSVD_HI = 0x400ffffe;
+
 // second-level walk modes: which fault a missing permission or a too-large address gives
 const SLM_DIRECT = 0; // PGTT=2: SGN.6/7/3, SGN.4
 const SLM_FINAL = 1; // nested, final GPA: SGN.6/7/3, SGN.5
@@ -170,6 +177,11 @@ class CtxEntry {
   ridPriv = 0;
   /** Requests with PASID >= this fault SCT.7; RID_PASID >= this faults SCT.9. */
   maxPasid = 0;
+  /**
+   * A request with a PASID below this passes every context-entry check of an untranslated
+   * request (scalable mode, no fault, PASIDE set): nestedQuick's one test for all of them.
+   */
+  quickMaxPasid = 0;
   /** legacy mode: TT and the second-level setup, as a PeEntry for the shared walker */
   tt = 0;
   legacyPe: PeEntry | null = null;
@@ -197,6 +209,12 @@ class PeEntry {
   slLimitLo = 0;
   /** The unrolled second-level fast path applies: 4 levels, no A/D tracking, root backed, 32-bit+ limit. */
   slFastOk = false;
+  /** nestedQuick applies (see setQuick); then the word index of the SL root in flat memory. */
+  quick = 0;
+  slRootWi = 0;
+  /** The FL root GPA's low word as an int32, and the bits every FL entry needs (P, A, EA if EAFE). */
+  qFlLo = 0;
+  flNeed = 0;
   slee = 0;
   slade = 0;
   slptFn = 0;
@@ -319,6 +337,8 @@ export class VtdIommu {
 
   // ---- register state ----
   private gsts = 0;
+  /** GSTS.TES as 0/1: gsts holds bit 31, so it is stored as a double; the hot paths test this. */
+  private te = 0;
   private rtaddrLo = 0;
   private rtaddrHi = 0;
   /** root table latched by SRTP */
@@ -388,6 +408,11 @@ export class VtdIommu {
   /** First-level reserved low-word bits by level. */
   private readonly flRsvdLeaf = new Int32Array(6);
   private readonly flRsvdNonLeaf = new Int32Array(6);
+  /**
+   * nestedQuick: the last word index of flat memory; a table's base ORed with an entry's index is
+   * at most this exactly when the table is backed.
+   */
+  private readonly quickLastWi: number;
 
   // ---- walk outputs (no allocation per translation) ----
   private fr = 0;
@@ -443,6 +468,7 @@ export class VtdIommu {
     // FL: PS reserved in PML4E/PML5E, and in a PDPE without FL1GP; large-page frames aligned.
     this.flRsvdLeaf.set([0, 0, 0x1fe000, 0x3fffe000, 0, 0]);
     this.flRsvdNonLeaf.set([0, 0, 0, this.caps.fl1gp ? 0 : 0x80, 0x80, 0x80]);
+    this.quickLastWi = mem.flat32 !== null ? mem.frameLimit * 1024 - 1 : -1;
   }
 
   // =============================================================================================
@@ -456,29 +482,53 @@ export class VtdIommu {
   translate(sid: number, pasid: number, addr: number, access: number, priv: boolean): number {
     const lo = addr >>> 0;
     const hi = (addr - lo) * INV_TWO32; // exact: a power of two, and cheaper than a division
-    // Fast path, small enough to inline into a DMA loop: a 4 KiB IOTLB hit for a request with
-    // PASID. Everything else (and a hit that needs tracing) takes translate64.
+    // Fast paths, small enough to inline into a DMA loop: a 4 KiB IOTLB hit for a request with
+    // PASID, or with no IOTLB, nestedQuick. Everything else (and a hit that needs tracing) takes
+    // translateMiss. (TurboFan inlines at most 460 bytes of bytecode: keep this function short.)
     const t = this.iotlb;
-    if (pasid >= 0 && t.count !== 0 && (this.gsts & DMA_GSTS_TES) !== 0 && this.tracer === null) {
+    if (pasid >= 0 && t.count !== 0 && this.te !== 0 && this.tracer === null) {
       const vlo = (hi << 20) | (lo >>> 12);
       const vhi = (hi >>> 12) | 0x1000000;
       const k = t.keys;
       let h = Math.imul(vlo ^ (pasid << 7) ^ (sid << 13) ^ vhi, 0x9e3779b1) >>> t.shift;
       for (;;) {
         const i = h << 2;
-        if (k[i] === vlo && k[i + 1] === vhi && k[i + 2] === pasid && k[i + 3] === sid) {
-          if ((t.perm[(h << 1) + (priv ? 1 : 0)]! & access) === access) return t.base[h]! + (lo & 0xfff);
+        // `|`, not `+`: i is a multiple of 4, and an OR needs no overflow check
+        if (k[i] === vlo && k[i | 1] === vhi && k[i | 2] === pasid && k[i | 3] === sid) {
+          if ((t.perm[(h << 1) | (priv ? 1 : 0)]! & access) === access) return t.base[h]! + (lo & 0xfff);
           break;
         }
-        if (k[i + 3] === -1) break;
+        if (k[i | 3] === -1) break;
         h = (h + 1) & t.mask;
       }
+    } else if (pasid >= 0 && t.capacity === 0) {
+      // no IOTLB: the common nested walk without the general walk's calls
+      const f = this.nestedQuick(sid, pasid, hi, lo | 0, access, priv);
+      if (f >= 0) return f * 4096 + (lo & 0xfff);
     }
-    return this.translate64(sid, pasid, hi, lo | 0, access, priv);
+    // `+`: the call's result then joins the fast paths' as a double, so a caller that inlines
+    // this function gets its address as a raw double, not as a newly allocated heap number
+    return +this.translateMiss(sid, pasid, hi, lo | 0, access, priv);
   }
 
   /** As translate, with the 64-bit input address as u32 halves. */
   translate64(sid: number, pasid: number, hi: number, lo: number, access: number, priv: boolean): number {
+    if (pasid >= 0 && this.iotlb.capacity === 0) {
+      const f = this.nestedQuick(sid, pasid, hi, lo, access, priv);
+      if (f >= 0) return f * 4096 + (lo & 0xfff);
+    }
+    return this.translateMiss(sid, pasid, hi, lo, access, priv);
+  }
+
+  /** translate64 past nestedQuick (translate: past its IOTLB probe too). */
+  private translateMiss(
+    sid: number,
+    pasid: number,
+    hi: number,
+    lo: number,
+    access: number,
+    priv: boolean,
+  ): number {
     if (pasid < 0) {
       if (hi === 0 && lo >>> 20 === 0xfee) return access & ACCESS_W ? XLATE_INTERRUPT : XLATE_ABORT;
       // no PASID prefix: no execute-requested bit
@@ -903,6 +953,7 @@ export class VtdIommu {
     // device and a page at least): PASIDs past the unit's width are simply out of range.
     if (max > hwMax) max = hwMax;
     ce.maxPasid = max;
+    if (ce.paside === 1) ce.quickMaxPasid = max | 0; // (a small integer, not a double field)
     if (!this.pure) {
       this.ctxCache.set(sid, ce);
       this.mruCtxSid = sid;
@@ -1132,6 +1183,7 @@ export class VtdIommu {
       return null;
     }
     this.setSlFast(pe);
+    this.setQuick(pe);
     if (!this.pure) {
       this.peCache.set(key, pe);
       this.mruPeKey = key;
@@ -1290,6 +1342,217 @@ export class VtdIommu {
     this.outLevel = 1;
     this.outPermU = pu & sp;
     this.outPermS = ps & sp;
+    return out;
+  }
+
+  /**
+   * Whether nestedQuick may walk for this PASID entry: nested, 4-level first level over the
+   * unrolled second level, flat memory, a 48-bit host address width (the default; its reserved
+   * bits are literals in the walk), and every GPA a first-level entry can hold below the second
+   * level's limit (so the walk needs no limit check of its own).
+   */
+  private setQuick(pe: PeEntry): void {
+    const ok =
+      this.mem.flat32 !== null &&
+      pe.pgtt === PGTT_NESTED &&
+      pe.flpm === 0 &&
+      pe.slFastOk &&
+      this.hawHiMask === QUICK_FL_RSVD_HI &&
+      this.slRsvdHi === QUICK_SL_LEAF_RSVD_HI &&
+      (0xfffff & ~this.hawHiMask) < pe.slLimitHi &&
+      pe.flHi < pe.slLimitHi;
+    pe.quick = ok ? 1 : 0;
+    pe.slRootWi = ok ? pe.slptFn * 1024 : 0;
+    pe.qFlLo = pe.flLo | 0;
+    pe.flNeed = 0x21 | (pe.eafe === 1 ? 0x400 : 0);
+  }
+
+  /**
+   * A nested translation with no IOTLB, in its common case: the request's context and PASID
+   * entries are the most recently used ones, the PASID entry qualifies (setQuick), the access is
+   * a read or a write, and every entry on the way is present, grants the access, has its accessed
+   * bit (and for a write the leaf's dirty bit) set and no reserved or large-page bit. It makes the
+   * full walk's 24 reads in the same order, straight-line in one function on int32 values and
+   * without the calls of translateSlow/nestedFast/slFast: a walk is a chain of dependent loads,
+   * mostly cache misses, and every instruction between them delays the next. A table pointer
+   * beyond flat memory also hands the request over. Returns the output frame number, or -1
+   * having changed nothing: the full path then produces the exact fault or A/D update.
+   */
+  private nestedQuick(
+    sid: number,
+    pasid: number,
+    hi: number,
+    lo: number,
+    access: number,
+    priv: boolean,
+  ): number {
+    if (sid !== this.mruCtxSid || sid * 1048576 + pasid !== this.mruPeKey) return -1;
+    const pe = this.mruPe!;
+    if (pe.quick === 0 || pasid >= this.mruCtx!.quickMaxPasid) return -1;
+    if (this.te === 0 || this.tracer !== null) return -1;
+    // reads and writes (execute and probes take the full path), canonical lower half
+    if (access === 0 || (access & ~(ACCESS_R | ACCESS_W)) !== 0 || !(hi >= 0 && hi < 0x8000)) return -1;
+    if (priv === true && pe.sre === 0) return -1;
+    const m = this.mem.flat32!;
+    // `| 0`: the field holds a value beyond the small-integer range, so it is stored as a
+    // double; truncated once here, every comparison below is an integer one
+    const last = this.quickLastWi | 0;
+    // literals, not variables: the walk needs every register it can get
+    const tRs = QUICK_SL_RSVD_HI;
+    const fRs = QUICK_FL_RSVD_HI;
+    const vHi = hi | 0;
+    const write = access & ACCESS_W;
+    const user = priv !== true;
+    // FL: P, A (EA), U/S for a user request, R/W for a write that honours it; PS clear above the
+    // leaf (a large page or a reserved bit); the leaf's D for a write (setting it is a write)
+    const need = pe.flNeed | (user ? 4 : 0) | (write !== 0 && (user || pe.wpe === 1) ? 2 : 0);
+    const upper = need | 0x80;
+    const leaf = write !== 0 ? need | 0x40 : need;
+    const root = pe.slRootWi;
+    // Each table's GPA goes through the second level: R at every level, PS and SNP clear above
+    // the leaf, the next table inside flat memory. For an entry (lo, hi) whose hi bits 19:1 are
+    // clear (tRs), the word index of entry `i` of the table it points to is
+    // ((lo >>> 2) & 0x3ffffc00) | (((hi & 1) << 30) | i * 2): grouped so that three operations
+    // separate one load from the next (the walk is a chain of dependent loads), and
+    // non-negative, so the index needs no sign extension.
+    let gLo = pe.qFlLo;
+    let gHi = pe.flHi;
+    let eLo = 0;
+    let eHi = 0;
+    let wi = root | ((gHi >>> 6) & 0x3fe);
+    // ---- FL PML4 table
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | (((gLo >>> 29) | (gHi << 3)) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((gLo >>> 20) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((gLo >>> 11) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 1) === 0 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((vHi >>> 6) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & upper) !== need || (eHi & fRs) !== 0) return -1;
+    gLo = eLo & 0xfffff000;
+    gHi = eHi;
+    // ---- FL PDP table
+    wi = root | ((gHi >>> 6) & 0x3fe);
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | (((gLo >>> 29) | (gHi << 3)) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((gLo >>> 20) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((gLo >>> 11) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 1) === 0 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | (((lo >>> 29) | (vHi << 3)) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & upper) !== need || (eHi & fRs) !== 0) return -1;
+    gLo = eLo & 0xfffff000;
+    gHi = eHi;
+    // ---- FL page directory
+    wi = root | ((gHi >>> 6) & 0x3fe);
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | (((gLo >>> 29) | (gHi << 3)) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((gLo >>> 20) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((gLo >>> 11) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 1) === 0 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((lo >>> 20) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & upper) !== need || (eHi & fRs) !== 0) return -1;
+    gLo = eLo & 0xfffff000;
+    gHi = eHi;
+    // ---- FL page table
+    wi = root | ((gHi >>> 6) & 0x3fe);
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | (((gLo >>> 29) | (gHi << 3)) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((gLo >>> 20) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 0x881) !== 1 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((gLo >>> 11) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & 1) === 0 || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((lo >>> 11) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & leaf) !== leaf || (eHi & fRs) !== 0) return -1;
+    // ---- the output GPA through the second level, for the access itself
+    gLo = (eLo & 0xfffff000) | (lo & 0xfff);
+    gHi = eHi;
+    const sNeed = write !== 0 ? (access & ACCESS_R) | ACCESS_W : ACCESS_R;
+    const sUpper = sNeed | 0x880;
+    wi = root | ((gHi >>> 6) & 0x3fe);
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & sUpper) !== sNeed || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | (((gLo >>> 29) | (gHi << 3)) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & sUpper) !== sNeed || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((gLo >>> 20) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    if ((eLo & sUpper) !== sNeed || (eHi & tRs) !== 0) return -1;
+    wi = ((eLo >>> 2) & 0x3ffffc00) | (((eHi & 1) << 30) | ((gLo >>> 11) & 0x3fe));
+    if (wi > last) return -1;
+    eLo = m[wi]!;
+    eHi = m[wi | 1]!;
+    // the output need not be backed memory: only the reserved bits
+    if ((eLo & sNeed) !== sNeed || (eHi & QUICK_SL_LEAF_RSVD_HI) !== 0) return -1;
+    const out = (eHi & 0xfffff) * 1048576 + (eLo >>> 12);
+    if (out >= INT_LO_FN && out <= INT_HI_FN) return -1; // SGN.8: the full path faults
+    this.walkCount++;
     return out;
   }
 
@@ -2048,6 +2311,7 @@ export class VtdIommu {
     const te = (v & DMA_GCMD_TE) !== 0;
     if (te !== ((this.gsts & DMA_GSTS_TES) !== 0)) {
       this.gsts = te ? this.gsts | DMA_GSTS_TES : this.gsts & ~DMA_GSTS_TES;
+      this.te = te ? 1 : 0;
       if (tr !== null) tr({ kind: 'vtd', what: te ? 'TE enabled' : 'TE disabled', iommu: this.name });
     }
     const qie = (v & DMA_GCMD_QIE) !== 0;

@@ -534,6 +534,42 @@ test('nested: SFL.5 0x74, SFL.6 0x75, SFL.7 0x76, SFL.8 0x77, SGN.5 0x84 and fin
   expectFault(f.t(1, 0x1000), 0x86);
 });
 
+test('nested with no IOTLB: the quick walk steps aside for tracing, translation disabled and a changed context entry', () => {
+  const r = new Rig({ iotlb_entries: 0 });
+  const { flRoot } = r.nested(1, {}, { leafLevel: 1 }, 20 * 2 ** 20); // guest tables from 16 MiB
+  r.mapGuestFl(flRoot, 0x1234_5000, 0x40_0000);
+  const hpa = r.guestBase + 0x40_0678;
+  expectHpa(r.t(1, 0x1234_5678), hpa); // the full walk: it sets the accessed bits
+  const walks = r.iommu.walkCount;
+  expectHpa(r.t(1, 0x1234_5678), hpa); // the quick walk
+  expectHpa(r.t(1, 0x1234_5678, ACCESS_WRITE), hpa); // the full walk sets D, then the quick one
+  expectHpa(r.t(1, 0x1234_5678, ACCESS_WRITE), hpa);
+  assert.equal(r.iommu.walkCount, walks + 3);
+  // a tracer sees every one of the 24 reads
+  const ev: string[] = [];
+  r.iommu.tracer = (e) => ev.push(e.what);
+  expectHpa(r.t(1, 0x1234_5678), hpa);
+  const level = ['sl', 'sl', 'sl', 'sl', 'fl-nested'];
+  assert.deepEqual(ev, [...level, ...level, ...level, ...level, 'sl', 'sl', 'sl', 'sl']);
+  r.iommu.tracer = null;
+  // translation disabled: untranslated
+  r.iommu.mmioWrite(DMAR_GCMD_REG, 0n, 4);
+  expectHpa(r.t(1, 0x1234_5678), 0x1234_5678);
+  r.iommu.mmioWrite(DMAR_GCMD_REG, BigInt(DMA_GCMD_TE), 4);
+  expectHpa(r.t(1, 0x1234_5678), hpa);
+  expectHpa(r.t(1, 0x1234_5678), hpa);
+  // PASIDE cleared and only the context cache invalidated (the PASID cache keeps the entry)
+  r.tb.setContext(SID, { p: 1, paside: 0, pdts: 7, pasidDirPtr: r.dir });
+  r.iommu.invalidateContextCache(1, 0, 0, 0);
+  expectFault(r.t(1, 0x1234_5678), 0x45);
+  expectFault(r.t(1, 0x1234_5678), 0x45);
+  // a PASID beyond a smaller directory
+  r.tb.setContext(SID, { p: 1, paside: 1, pdts: 0, pasidDirPtr: r.dir });
+  r.iommu.invalidateContextCache(1, 0, 0, 0);
+  expectHpa(r.t(1, 0x1234_5678), hpa);
+  r.iommu.checkInvariants();
+});
+
 // ------------------------------------------------------------------------------------------
 // pass-through and translation disabled
 
