@@ -173,7 +173,6 @@ function findOnce(): BenchResult {
   const { core, set } = freshSet();
   for (let i = 1; i <= MAXID; i++) core.ioasidAlloc(set, 1, MAXID, { id: i });
   const st: LoopState = { x: 1, sum: 0 };
-  settleHeap();
   const t0 = now();
   for (let done = 0; done < 10_000_000; done += BATCH) findBatch(core, set, st, BATCH);
   const t1 = now();
@@ -183,16 +182,6 @@ function findOnce(): BenchResult {
 export function benchFind(): BenchResult {
   findOnce();
   return findOnce();
-}
-
-/**
- * A full garbage collection before a timed loop, so that the collector does not run beside it:
- * the setup just made a million objects, and the marking it triggers would otherwise share the
- * memory bus (and the second core) with the loop being measured.
- */
-function settleHeap(): void {
-  const gc = gcFn();
-  gc();
 }
 
 function gcFn(): () => void {
