@@ -36,6 +36,7 @@ import {
   OP,
   PROT_READ,
   PROT_WRITE,
+  PrefixViews,
   REQUEST_HEADER,
   RESPONSE_HEADER,
   readI64,
@@ -99,8 +100,6 @@ function capture(resolve: Resolve, reject: Reject): void {
 
 const EMPTY = Buffer.alloc(0);
 const OUT_INITIAL = 16 * 1024;
-/** Views of the send buffer are kept for writes shorter than this. */
-const VIEW_SIZES = 256;
 const READ_BUFFER = 64 * 1024;
 
 /** `tcp://HOST:PORT`, `HOST:PORT` (HOST may be `[v6]`), or else a Unix socket path. */
@@ -135,9 +134,7 @@ export class PasidkitClient {
   // Outgoing frames not yet written: out[0, outLen).
   private out = Buffer.allocUnsafe(OUT_INITIAL);
   private outLen = 0;
-  /** Views out[0, n) by n, cut from `viewsOf`. */
-  private views: (Buffer | undefined)[] = [];
-  private viewsOf: Buffer = EMPTY;
+  private readonly views = new PrefixViews();
   private flushQueued = false;
   private readonly flushTask = (): void => this.flush();
   // A partial reply carried over between reads.
@@ -295,19 +292,9 @@ export class PasidkitClient {
     this.mask = 2 * n - 1;
   }
 
-  /**
-   * out[0, n) as a Buffer. Views of small sizes are kept while `out` stays the same buffer:
-   * requests come in a few sizes, and most writes are one request.
-   */
+  /** out[0, n) as a Buffer. */
   private outView(n: number): Buffer {
-    if (n >= VIEW_SIZES) return this.out.subarray(0, n);
-    if (this.viewsOf !== this.out) {
-      this.views = [];
-      this.viewsOf = this.out;
-    }
-    let v = this.views[n];
-    if (v === undefined) v = this.views[n] = this.out.subarray(0, n);
-    return v;
+    return this.views.get(this.out, n);
   }
 
   private flush(): void {

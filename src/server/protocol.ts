@@ -77,3 +77,24 @@ export function writeI64(b: Buffer, v: number, off: number): void {
 export function readI64(b: Buffer, off: number): number {
   return b.readInt32LE(off + 4) * TWO32 + b.readUInt32LE(off);
 }
+
+/**
+ * Views buf[0, n) of a send or reply buffer, kept by n while the buffer stays the same one:
+ * frames come in a few sizes, and making a view per write is a small allocation on every
+ * request. Views are kept for n below 256; longer writes get a fresh view.
+ */
+export class PrefixViews {
+  private views: (Buffer | undefined)[] = [];
+  private of: Buffer | null = null;
+
+  get(buf: Buffer, n: number): Buffer {
+    if (n >= 256) return buf.subarray(0, n);
+    if (this.of !== buf) {
+      this.views = [];
+      this.of = buf;
+    }
+    let v = this.views[n];
+    if (v === undefined) v = this.views[n] = buf.subarray(0, n);
+    return v;
+  }
+}

@@ -33,6 +33,7 @@ import {
   MIN_LENGTH,
   OP,
   OP_NAMES,
+  PrefixViews,
   RESPONSE_HEADER,
   readU64,
   writeI64,
@@ -80,8 +81,6 @@ const OUT_HIGH_WATER = 4 * 1024 * 1024;
 const OUT_INITIAL = 16 * 1024;
 /** A reply scratch buffer larger than this is not reused once written. */
 const OUT_KEEP = 256 * 1024;
-/** Views of the reply scratch buffer are kept for batches shorter than this. */
-const VIEW_SIZES = 256;
 /** What a connection reads into, reused for every read. */
 const READ_BUFFER = 64 * 1024;
 /** A partial-frame buffer bigger than this is dropped once empty, so idle connections stay small. */
@@ -304,8 +303,7 @@ class Connection {
   // Reply scratch: out[0, outLen) are encoded replies not yet written.
   private out: Buffer = Buffer.allocUnsafe(OUT_INITIAL);
   private outLen = 0;
-  private views: (Buffer | undefined)[] = [];
-  private viewsOf: Buffer = EMPTY;
+  private readonly views = new PrefixViews();
   /** The reply payload of the request being executed (null: none). */
   private payload: Uint8Array | null = null;
   /** Waiting for 'drain' before executing more frames. */
@@ -703,19 +701,9 @@ class Connection {
     this.header(tag, -errno, 0);
   }
 
-  /**
-   * out[0, n) as a Buffer. Views of small sizes are kept while `out` stays the same buffer:
-   * replies come in a few sizes, and a batch is mostly one reply.
-   */
+  /** out[0, n) as a Buffer. */
   private outView(n: number): Buffer {
-    if (n >= VIEW_SIZES) return this.out.subarray(0, n);
-    if (this.viewsOf !== this.out) {
-      this.views = [];
-      this.viewsOf = this.out;
-    }
-    let v = this.views[n];
-    if (v === undefined) v = this.views[n] = this.out.subarray(0, n);
-    return v;
+    return this.views.get(this.out, n);
   }
 
   private flush(): void {
