@@ -15,6 +15,7 @@ import {
   IoPagetable,
   type IoptArea,
   type IoptPages,
+  type IoptPagesSlice,
   type IovaRange,
   ULONG_MAX,
 } from './io-pagetable.ts';
@@ -241,6 +242,18 @@ export function ioasMapFile(u: Ucmd): number | KernelError {
   );
   f.getUser();
   fileRefs.set(slice.pages, f);
+  return mapSliceRespond(u, ioas, slice, length, iova, flags);
+}
+
+/** The common end of MAP_FILE and a dma-buf map: map the one slice, report the IOVA. */
+function mapSliceRespond(
+  u: Ucmd,
+  ioas: Ioas,
+  slice: IoptPagesSlice,
+  length: bigint,
+  iova: bigint,
+  flags: number,
+): number | KernelError {
   const r = ioas.iopt.mapPages(
     [slice],
     length,
@@ -287,15 +300,7 @@ function mapDmabuf(
   (slice.pages as { source: unknown }).source = src;
   d.get();
   d.importers.add(ioas);
-  const r = ioas.iopt.mapPages(
-    [slice],
-    length,
-    iova,
-    convProt(flags),
-    flags & MAP_FIXED_IOVA ? 0 : IOPT_ALLOC_IOVA,
-  );
-  if (!('areas' in r)) return r;
-  return respond(u, { iova: r.iova }) ?? 0;
+  return mapSliceRespond(u, ioas, slice, length, iova, flags);
 }
 
 /** dma_buf_move_notify for the test exporter: revoke or restore every importing area. */
