@@ -1,10 +1,11 @@
 // IdTable against an obviously correct model (a sorted Set): lowest-free search over the whole
-// u32 space, chunk and word boundaries, the search hint, and the self-check.
+// u32 space, chunk and word boundaries, the search hint and its pending run, the core's fast
+// alloc and free over the flat low arrays, and the self-check.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { IdTable } from './id-table.ts';
+import { IdTable, ownFor } from './id-table.ts';
 
 function modelLowest(used: Set<number>, min: number, max: number): number {
   for (let id = min; id <= max; id++) if (!used.has(id)) return id;
@@ -102,5 +103,80 @@ describe('IdTable', () => {
     assert.equal(a.getSpid(5), 0xffffffff);
     assert.equal(a.getPriv(5), null);
     assert.equal(a.getUsers(5), 1);
+  });
+  test('fast alloc and free (allocOwned, freeOwned) agree with a Map, with the self-check after every step', () => {
+    // Small ranges, two sets and raw inserts, so that holes, the pending run, word and chunk
+    // boundaries and the growth of the flat arrays all come up often.
+    const fastOp = fc.oneof(
+      fc.record({
+        k: fc.constant('alloc' as const),
+        set: fc.integer({ min: 0, max: 1 }),
+        min: fc.constantFrom(0, 1, 30, 32767),
+        span: fc.integer({ min: 0, max: 200 }),
+      }),
+      fc.record({
+        k: fc.constant('free' as const),
+        set: fc.integer({ min: 0, max: 1 }),
+        id: fc.oneof(fc.integer({ min: 0, max: 240 }), fc.integer({ min: 32760, max: 32900 })),
+      }),
+      fc.record({
+        k: fc.constant('insert' as const),
+        id: fc.oneof(fc.integer({ min: 0, max: 240 }), fc.integer({ min: 32760, max: 32900 })),
+      }),
+    );
+    fc.assert(
+      fc.property(fc.array(fastOp, { maxLength: 150 }), (ops) => {
+        const t = new IdTable(true);
+        const used = new Map<number, number>(); // id -> set (-1: a raw insert, no record)
+        for (const op of ops) {
+          if (op.k === 'alloc') {
+            const max = op.min + op.span;
+            let want = -1;
+            for (let id = op.min; id <= max; id++)
+              if (!used.has(id)) {
+                want = id;
+                break;
+              }
+            const got = t.allocOwned(op.min, max, ownFor(op.set, 1), null);
+            assert.equal(got, want);
+            if (got >= 0) used.set(got, op.set);
+          } else if (op.k === 'free') {
+            const ok = t.freeOwned(op.id, ownFor(op.set, 1));
+            assert.equal(ok, used.get(op.id) === op.set);
+            if (ok) used.delete(op.id);
+          } else if (!used.has(op.id)) {
+            t.insert(op.id);
+            used.set(op.id, -1);
+          }
+          assert.equal(t.size, used.size);
+          assert.equal(t.check(), undefined);
+        }
+        assert.deepEqual(
+          t.ids(),
+          [...used.keys()].sort((a, b) => a - b),
+        );
+      }),
+      { numRuns: 150 },
+    );
+  });
+
+  test('a hole in the hint: filling it runs the hint on over the pending run', () => {
+    const t = new IdTable(true);
+    const own = ownFor(0, 1);
+    for (let i = 1; i <= 5000; i++) assert.equal(t.allocOwned(1, 0xfffff, own, null), i);
+    // A churn step: free something low, allocate the lowest free (the hole), then the next
+    // allocation must be the frontier, found from the pending run without a search.
+    assert.ok(t.freeOwned(1234, own));
+    assert.equal(t.check(), undefined);
+    assert.equal(t.allocOwned(1, 0xfffff, own, null), 1234);
+    assert.equal(t.allocOwned(1, 0xfffff, own, null), 5001);
+    // A free inside the pending run cuts it short; the hint never claims a free ID.
+    assert.ok(t.freeOwned(100, own));
+    assert.ok(t.freeOwned(3000, own));
+    assert.equal(t.check(), undefined);
+    assert.equal(t.allocOwned(1, 0xfffff, own, null), 100);
+    assert.equal(t.allocOwned(1, 0xfffff, own, null), 3000);
+    assert.equal(t.allocOwned(1, 0xfffff, own, null), 5002);
+    assert.equal(t.check(), undefined);
   });
 });

@@ -4,17 +4,21 @@
 // research ioasid-core.md A.1) over the whole u32 space, and stores the per-ID record of an
 // `ioasid_data` (users, state, set, spid, private) in typed arrays.
 //
-// Layout: the 2^32 space is cut into chunks of 2^15 IDs, made on first use. A chunk has a
-// two-level bitmap (1024 words of used bits; 32 words of "word full" bits) and, if the table
-// keeps records, one typed array per field. A top-level bitmap of full chunks lets the search
-// skip dense regions, as the C reference's upper bitmap levels do. Everything on the alloc /
-// free / lookup path is plain numbers and typed arrays: no allocation per call.
+// Layout: the 2^32 space is cut into chunks of 2^15 IDs. A chunk has a two-level bitmap (1024
+// words of used bits; 32 words of "word full" bits and one word of "l1 word full" bits) and, if
+// the table keeps records, one typed array per field. A top-level bitmap of full chunks lets the
+// search skip dense regions, as the C reference's upper bitmap levels do. The low 2^21 IDs (past
+// any PCIe PASID) keep all of that in flat arrays indexed by ID, of which their chunks hold
+// views: the hot paths (alloc, free, find) reach an ID's bits and record without a chunk object.
+// Everything on those paths is plain numbers and typed arrays: no allocation per call.
 
 const CHUNK_SHIFT = 15;
 const CHUNK_IDS = 1 << CHUNK_SHIFT; // 32768
 const CHUNK_MASK = CHUNK_IDS - 1;
 const L0_WORDS = CHUNK_IDS >>> 5; // 1024
 const L1_WORDS = L0_WORDS >>> 5; // 32
+/** A chunk's l1 array: its 32 l1 words, then the word of "l1 word full" bits (the chunk's l2). */
+const L1_STRIDE = L1_WORDS + 1;
 const NCHUNKS = 2 ** 32 / CHUNK_IDS; // 131072
 const TOP_WORDS = NCHUNKS >>> 5; // 4096
 const LOW_CHUNKS = 64;
@@ -59,6 +63,26 @@ export class PrivStore {
   constructor(cap: number) {
     this.cap = cap;
   }
+
+  /** Store `priv` (not null) at index i, making the array on first use. */
+  set(i: number, priv: unknown): void {
+    if (this.privs === null) {
+      if (priv == null) return;
+      this.privs = new Array<unknown>(this.cap).fill(null);
+    }
+    this.privs[i] = priv ?? null;
+  }
+
+  /** Grow to `cap` slots (the low chunks' store, when the flat arrays grow). */
+  grow(cap: number): void {
+    const old = this.privs;
+    if (old !== null) {
+      const privs = new Array<unknown>(cap).fill(null);
+      for (let i = 0; i < this.cap; i++) privs[i] = old[i];
+      this.privs = privs;
+    }
+    this.cap = cap;
+  }
 }
 
 /** The owner of two groups of SIMPLE IDs taken together (`b` holding `bCount` of them). */
@@ -81,11 +105,14 @@ function ctz(x: number): number {
 }
 
 export class Chunk {
-  readonly l0 = new Int32Array(L0_WORDS);
-  readonly l1 = new Int32Array(L1_WORDS);
-  /** Bit j set = l1 word j is all ones (its 1024 IDs are used). */
-  l2 = 0;
-  count = 0;
+  /** Bit per ID: present. For a low chunk, a view into IdTable.lowL0. */
+  l0!: Int32Array;
+  /**
+   * Words 0-31: bit j of word i set = l0 word 32i + j is all ones (its 32 IDs are used). Word 32:
+   * bit i set = l1 word i is all ones; the chunk is full when word 32 is. A view into
+   * IdTable.lowL1 for a low chunk.
+   */
+  l1!: Int32Array;
   /**
    * Records (only when the table keeps them). `own` is the compact record above, for every
    * present ID. `rec` holds the full record, two int32 per ID [meta, users] with
@@ -110,16 +137,23 @@ export class Chunk {
   spids: Int32Array | null = null;
 
   /**
-   * A chunk of a table with records gets its compact arrays from the table: views into the
-   * table's flat arrays for the low chunks (so the hot paths index them by ID, with no chunk
-   * lookup), arrays of its own above.
+   * A high chunk owns its arrays. A low chunk (`low`) gets views into the table's flat arrays
+   * instead (IdTable.viewLow), so the hot paths index them by ID, with no chunk lookup.
    */
-  constructor(records: boolean) {
+  constructor(records: boolean, low: boolean) {
+    if (low) return;
+    this.l0 = new Int32Array(L0_WORDS);
+    this.l1 = new Int32Array(L1_STRIDE);
     if (!records) return;
     this.own = new Uint16Array(CHUNK_IDS);
     this.simple = new Int32Array(L0_WORDS);
     this.grp = new SimpleGroup();
     this.store = new PrivStore(CHUNK_IDS);
+  }
+
+  /** All 2^15 IDs are present. */
+  isFull(): boolean {
+    return this.l1[L1_WORDS] === -1;
   }
 
   /** Every write of `own` outside the hot paths goes here, which keep `simple` the same way. */
@@ -260,12 +294,7 @@ export class Chunk {
   }
 
   setPriv(off: number, priv: unknown): void {
-    const st = this.store;
-    if (st.privs === null) {
-      if (priv == null) return;
-      st.privs = new Array<unknown>(st.cap).fill(null);
-    }
-    st.privs[this.base + off] = priv ?? null;
+    this.store.set(this.base + off, priv);
   }
 
   /** Drop the private data reference (the ID is going). */
@@ -327,12 +356,23 @@ export class Chunk {
     return o === want ? undefined : `offset ${off}: compact record ${o} but the full record gives ${want}`;
   }
 
-  /** Bookkeeping after a bit set made l0 word w all ones. */
-  markWordFull(w: number): void {
+  /** After a bit set made l0 word w all ones: its l1 bit, maybe the l2 bit; true if the chunk is now full. */
+  markWordFull(w: number): boolean {
+    const l1 = this.l1;
     const j = w >>> 5;
-    const v1 = this.l1[j]! | (1 << (w & 31));
-    this.l1[j] = v1;
-    if (v1 === -1) this.l2 |= 1 << j;
+    const v1 = l1[j]! | (1 << (w & 31));
+    l1[j] = v1;
+    if (v1 !== -1) return false;
+    const v2 = l1[L1_WORDS]! | (1 << j);
+    l1[L1_WORDS] = v2;
+    return v2 === -1;
+  }
+
+  /** After a bit clear in l0 word w, which was all ones: its l1 and l2 bits go. */
+  markWordNotFull(w: number): void {
+    const l1 = this.l1;
+    l1[w >>> 5]! &= ~(1 << (w & 31));
+    l1[L1_WORDS]! &= ~(1 << (w >>> 5));
   }
 
   /** Lowest free offset >= off in this chunk, or -1. Three ctz steps at most: no scanning. */
@@ -349,7 +389,7 @@ export class Chunk {
     if (f === 0) {
       if (j === L1_WORDS - 1) return -1;
       const j1 = j + 1;
-      const g = ~this.l2 & (-1 << j1);
+      const g = ~l1[L1_WORDS]! & (-1 << j1);
       if (g === 0) return -1;
       j = ctz(g);
       f = ~l1[j]!;
@@ -364,7 +404,7 @@ export class IdTable {
   /**
    * Chunk i covers IDs [i * 2^15, (i + 1) * 2^15). The first LOW_CHUNKS (2^21 IDs, past any PCIe
    * PASID) sit in a small packed array, the rest in a Map: a 2^17-slot array would fall into
-   * V8's slow dictionary mode.
+   * V8's slow dictionary mode. Every low chunk below lowCap exists; none above it.
    */
   readonly low: (Chunk | undefined)[] = Array.from({ length: LOW_CHUNKS }, () => undefined);
   private readonly high = new Map<number, Chunk>();
@@ -373,12 +413,15 @@ export class IdTable {
   private readonly made: number[] = [];
   private readonly records: boolean;
   /**
-   * The compact records, SIMPLE bitmap and private data of the low chunks, flat and indexed by
-   * ID: the hot paths of the core (find above all) then reach an ID's state in one typed-array
-   * access, not through a chunk object (each hop is several dependent loads, and a random
-   * lookup's cost is set by how many such loads sit in front of its cache misses). Cover chunks
-   * [0, lowCap / 2^15), grown by doubling as low chunks are made.
+   * The bitmaps, compact records, SIMPLE bitmap and private data of the low chunks, flat and
+   * indexed by ID (lowL1: L1_STRIDE words per chunk): the hot paths of the core reach an ID's
+   * state in one typed-array access, not through a chunk object (each hop is several dependent
+   * loads, and a random lookup's cost is set by how many such loads sit in front of its cache
+   * misses; a sequential one's by how many instructions it runs). They cover chunks
+   * [0, lowCap / 2^15), grown by doubling; the chunks hold views into them.
    */
+  lowL0 = new Int32Array(0);
+  lowL1 = new Int32Array(0);
   lowOwn = new Uint16Array(0);
   lowSimple = new Int32Array(0);
   lowCap = 0;
@@ -386,7 +429,6 @@ export class IdTable {
   readonly lowStore = new PrivStore(0);
   /** Number of IDs in the table. */
   size = 0;
-  /** Every ID below this one is in the table: searches from below it may start here. */
   /**
    * Search hint: every ID in [hintLo, hintHi) is in the table. A search whose min falls in that
    * run starts at hintHi; each search teaches the hint the run it found ([min, result)), so a
@@ -394,9 +436,26 @@ export class IdTable {
    */
   private hintLo = 0;
   private hintHi = 0;
+  /**
+   * A second known run of present IDs, [pendLo, pendHi) (empty: both 0): what was left of the
+   * hint above a hole that a removal made in it. When an allocation fills the hole, the hint
+   * runs on to pendHi, so the search after it does not have to find the frontier again (the
+   * pattern of a churn: a random free, then an allocation of the lowest free ID).
+   */
+  private pendLo = 0;
+  private pendHi = 0;
 
   constructor(records: boolean) {
     this.records = records;
+    // V8 treats a field never stored to since its initialisation as a constant of the object's
+    // shape, and optimized code that read it as one is thrown away on the first store of
+    // another value. The pending run is first set by a free, so a fill's code would be thrown
+    // away (and compiled again) when the first free comes. Stored twice here, the fields are
+    // ordinary mutable fields from the start.
+    this.pendLo = 1;
+    this.pendLo = 0;
+    this.pendHi = 1;
+    this.pendHi = 0;
   }
 
   /** Chunk holding `id` if the ID is present, else undefined. Hot path for lookups. */
@@ -425,74 +484,82 @@ export class IdTable {
   /** The chunk the last takeLowest() inserted into. */
   lastChunk: Chunk | undefined = undefined;
 
-  /**
-   * lowestFree + insert in one step; -1 if no ID is free. The common case (the first free ID
-   * sits in the word the first-free hint points at) is a handful of word operations; the rest
-   * goes through lowestFree and insert. The chunk is left in `lastChunk` for the record.
-   */
+  /** lowestFree + insert in one step; -1 if no ID is free. The chunk is left in `lastChunk` for the record. */
   takeLowest(min: number, max: number): number {
-    return this.takeLowestOwn(min, max, -1);
+    const id = this.lowestFree(min, max);
+    if (id < 0) return -1;
+    this.lastChunk = this.insert(id);
+    return id;
   }
 
   /**
-   * takeLowest, and when `own` is not -1 the new ID's compact record is set to it in the same
-   * step (the core's fast alloc), so the chunk is not looked up again.
+   * The core's fast alloc: the lowest free ID in [min, max] (0 <= min <= max < 2^31), with the
+   * compact record `own` (a SIMPLE value, see OWN_SIMPLE) and the private data; -1 if none is
+   * free. The common case is a handful of word operations on the flat low arrays: the first
+   * free ID sits in the word the hint points at. Everything else goes through the search.
    */
-  private takeLowestOwn(min: number, max: number, own: number): number {
-    const start = min >= this.hintLo && min <= this.hintHi ? this.hintHi : min;
-    const ci = start >>> CHUNK_SHIFT;
-    if (start <= max && ci < LOW_CHUNKS) {
-      const ch = this.low[ci];
-      if (ch !== undefined) {
-        const off = start & CHUNK_MASK;
-        const w = off >>> 5;
-        const l0 = ch.l0;
-        const old = l0[w]!;
-        const bits = ~old & (-1 << (off & 31));
-        if (bits !== 0) {
-          const b = 31 - Math.clz32(bits & -bits);
-          const id = (ci << CHUNK_SHIFT) | (w << 5) | b;
-          if (id <= max) {
-            const v = old | (1 << b);
-            l0[w] = v;
-            if (v === -1) ch.markWordFull(w);
-            if (++ch.count === CHUNK_IDS) this.full[ci >>> 5]! |= 1 << (ci & 31);
-            this.size++;
-            // [start, id) are used; with the ID just taken, [.., id] is one used run.
-            if (start !== this.hintHi) this.hintLo = start;
-            this.hintHi = id + 1;
-            if (own !== -1) {
-              ch.own[(w << 5) | b] = own;
-              ch.addSimple((w << 5) | b, own & OWN_SET_MASK);
-            } else this.lastChunk = ch;
-            return id;
-          }
+  allocOwned(min: number, max: number, own: number, priv: unknown): number {
+    const lo = this.hintLo;
+    const hi = this.hintHi;
+    // min in [lo, hi] (see holeAt for the single compare)
+    const start = (min - lo) >>> 0 <= (hi - lo) >>> 0 ? hi : min;
+    if (start < this.lowCap && start <= max) {
+      const w = start >>> 5;
+      const l0 = this.lowL0;
+      const old = l0[w]!;
+      const bits = ~old & (-1 << (start & 31));
+      if (bits !== 0) {
+        const b = 31 - Math.clz32(bits & -bits);
+        const id = (w << 5) | b;
+        if (id <= max) {
+          const v = old | (1 << b);
+          l0[w] = v;
+          if (v === -1) this.lowWordFull(w);
+          this.size++;
+          // [start, id) are used; with the ID just taken, [.., id] is one used run. (The stores
+          // here and below are unconditional on purpose: a property store first reached after
+          // the code was optimized, as on the first call of a run, throws that code away.)
+          this.hintLo = start !== hi ? start : lo;
+          this.hintHi = id + 1 === this.pendLo ? this.takePend() : id + 1;
+          this.lowOwn[id] = own;
+          this.lowSimple[w]! |= 1 << b;
+          const g = this.lowGroup;
+          const tag = own & OWN_SET_MASK;
+          const n = g.count;
+          g.count = n + 1;
+          g.owner = n === 0 || g.owner === tag ? tag : SIMPLE_MIXED;
+          if (priv !== null) this.lowStore.set(id, priv);
+          return id;
         }
       }
     }
-    return this.takeLowestSearch(min, max, own);
+    return this.allocOwnedSearch(min, max, own, priv);
   }
 
-  /** takeLowestOwn when the first word it looks at has no free ID: kept out of line so the common case inlines. */
-  private takeLowestSearch(min: number, max: number, own: number): number {
+  /** allocOwned when the word the hint points at has no free ID: out of line, so the common case inlines. */
+  private allocOwnedSearch(min: number, max: number, own: number, priv: unknown): number {
     const id = this.lowestFree(min, max);
     if (id < 0) return -1;
     const ch = this.insert(id);
-    if (own !== -1) {
-      ch.own[id & CHUNK_MASK] = own;
-      ch.addSimple(id & CHUNK_MASK, own & OWN_SET_MASK);
-    } else this.lastChunk = ch;
+    const off = id & CHUNK_MASK;
+    ch.own[off] = own;
+    ch.addSimple(off, own & OWN_SET_MASK);
+    if (priv !== null) ch.setPriv(off, priv);
     return id;
   }
 
-  /**
-   * The core's fast alloc: takeLowest, then the compact record `own` (a SIMPLE value, see
-   * OWN_SIMPLE) and the private data. -1 if no ID in [min, max] is free.
-   */
-  allocOwned(min: number, max: number, own: number, priv: unknown): number {
-    const id = this.takeLowestOwn(min, max, own);
-    if (priv !== null && id >= 0) this.chunkAt(id)!.setPriv(id & CHUNK_MASK, priv);
-    return id;
+  /** Low l0 word w (an index into lowL0) became all ones. */
+  private lowWordFull(w: number): void {
+    const ci = w >>> 10;
+    if (this.low[ci]!.markWordFull(w & (L0_WORDS - 1))) this.full[ci >>> 5]! |= 1 << (ci & 31);
+  }
+
+  /** The hint reaches the pending run: it runs on to its end, and the pending run is used up. */
+  private takePend(): number {
+    const hi = this.pendHi;
+    this.pendLo = 0;
+    this.pendHi = 0;
+    return hi;
   }
 
   /**
@@ -519,29 +586,71 @@ export class IdTable {
   /**
    * The core's fast free: if `id` is present with exactly the compact record `own` (a SIMPLE
    * value: that set, ACTIVE, one user, no SPID), remove it and return true; otherwise change
-   * nothing and return false. One u16 compare decides, with no presence test first: `own` is 0
-   * for every absent ID.
+   * nothing and return false. One bit or one u16 compare decides, with no presence test first:
+   * `own` is 0 for every absent ID. A low ID is removed through the flat arrays alone.
    */
   freeOwned(id: number, own: number): boolean {
     if (id >>> 0 !== id) return false;
-    let ch: Chunk | undefined;
-    if (id < this.lowCap) {
-      // The decision from the flat arrays; the chunk only for the bitmaps remove() clears.
-      if (this.lowGroup.owner === (own & OWN_SET_MASK)) {
-        if ((this.lowSimple[id >>> 5]! & (1 << (id & 31))) === 0) return false;
-      } else if (this.lowOwn[id] !== own) return false;
-      ch = this.low[id >>> CHUNK_SHIFT]!;
-    } else {
-      const ci = id >>> CHUNK_SHIFT;
-      ch = ci < LOW_CHUNKS ? this.low[ci] : this.high.get(ci);
-      if (ch === undefined) return false;
-      const off = id & CHUNK_MASK;
-      if (ch.grp.owner === (own & OWN_SET_MASK)) {
-        if ((ch.simple[off >>> 5]! & (1 << (off & 31))) === 0) return false;
-      } else if (ch.own[off] !== own) return false;
-    }
+    if (id >= this.lowCap) return this.freeOwnedHigh(id, own);
+    const w = id >>> 5;
+    const bit = 1 << (id & 31);
+    const g = this.lowGroup;
+    // A SIMPLE ID's bit in lowSimple is set; while one set owns them all, the bit decides.
+    if (g.owner === (own & OWN_SET_MASK)) {
+      if ((this.lowSimple[w]! & bit) === 0) return false;
+    } else if (this.lowOwn[id] !== own) return false;
+    const l0 = this.lowL0;
+    const was = l0[w]!;
+    l0[w] = was & ~bit;
+    if (was === -1) this.lowWordNotFull(w);
+    this.lowSimple[w]! &= ~bit;
+    const n = g.count - 1;
+    g.count = n;
+    g.owner = n === 0 ? 0 : g.owner;
+    this.lowOwn[id] = 0;
+    const privs = this.lowStore.privs;
+    if (privs !== null) privs[id] = null;
+    this.size--;
+    this.holeAt(id);
+    return true;
+  }
+
+  private freeOwnedHigh(id: number, own: number): boolean {
+    const ch = this.high.get(id >>> CHUNK_SHIFT);
+    if (ch === undefined) return false;
+    const off = id & CHUNK_MASK;
+    if (ch.grp.owner === (own & OWN_SET_MASK)) {
+      if ((ch.simple[off >>> 5]! & (1 << (off & 31))) === 0) return false;
+    } else if (ch.own[off] !== own) return false;
     this.remove(ch, id);
     return true;
+  }
+
+  /** Low l0 word w, which was all ones, lost a bit. */
+  private lowWordNotFull(w: number): void {
+    const ci = w >>> 10;
+    this.low[ci]!.markWordNotFull(w & (L0_WORDS - 1));
+    this.full[ci >>> 5]! &= ~(1 << (ci & 31));
+  }
+
+  /**
+   * `id` left the table: the known runs of present IDs stop short of it. A hole in the hint
+   * leaves what was above it as the pending run. (Without branches around the stores: see
+   * allocOwned. An empty pending run [p, p) is harmless.)
+   */
+  private holeAt(id: number): void {
+    const lo = this.hintLo;
+    const hi = this.hintHi;
+    const pendLo = this.pendLo;
+    const pendHi = this.pendHi;
+    // id in [lo, hi) as one unsigned compare (lo <= hi always): a compare skipped by && on the
+    // first calls has no type feedback, and reaching it later would throw the code away too.
+    const inHint = (id - lo) >>> 0 < (hi - lo) >>> 0;
+    const inPend = (id - pendLo) >>> 0 < (pendHi - pendLo) >>> 0;
+    const next = id + 1;
+    this.pendLo = inHint ? next : pendLo;
+    this.pendHi = inHint ? hi : inPend ? id : pendHi;
+    this.hintHi = inHint ? id : hi;
   }
 
   /** Lowest ID not in the table within [min, max] (inclusive, 0 <= min, max <= 0xFFFFFFFF), or -1. */
@@ -569,7 +678,7 @@ export class IdTable {
       const ci = id >>> CHUNK_SHIFT;
       const ch = ci < LOW_CHUNKS ? this.low[ci] : this.high.get(ci);
       if (ch === undefined) return id;
-      if (ch.count < CHUNK_IDS) {
+      if (!ch.isFull()) {
         const r = ch.findFree(id & CHUNK_MASK);
         if (r >= 0) return ci * CHUNK_IDS + r;
       }
@@ -592,70 +701,83 @@ export class IdTable {
     return -1;
   }
 
-  /** Give low chunk `ci` its views into the flat arrays, growing them first if they stop short. */
-  private bindLow(ch: Chunk, ci: number): void {
-    if ((ci + 1) * CHUNK_IDS > this.lowCap) this.growLow(ci + 1);
-    this.viewLow(ch, ci);
-    ch.grp = this.lowGroup;
-    ch.store = this.lowStore;
+  private addMade(ci: number): void {
+    let i = this.made.length;
+    this.made.push(ci);
+    while (i > 0 && this.made[i - 1]! > ci) {
+      this.made[i] = this.made[i - 1]!;
+      i--;
+    }
+    this.made[i] = ci;
+  }
+
+  /** Grow the flat low arrays to at least `chunks` chunks (a power of two), making the new chunks. */
+  private growLow(chunks: number): void {
+    let n = 1;
+    while (n < chunks) n <<= 1;
+    const cap = n * CHUNK_IDS;
+    const l0 = new Int32Array(cap >>> 5);
+    l0.set(this.lowL0);
+    const l1 = new Int32Array(n * L1_STRIDE);
+    l1.set(this.lowL1);
+    this.lowL0 = l0;
+    this.lowL1 = l1;
+    if (this.records) {
+      const own = new Uint16Array(cap);
+      own.set(this.lowOwn);
+      const simple = new Int32Array(cap >>> 5);
+      simple.set(this.lowSimple);
+      this.lowOwn = own;
+      this.lowSimple = simple;
+      this.lowStore.grow(cap);
+    }
+    this.lowCap = cap;
+    for (let ci = 0; ci < n; ci++) {
+      let ch = this.low[ci];
+      if (ch === undefined) {
+        ch = new Chunk(this.records, true);
+        this.low[ci] = ch;
+        this.addMade(ci);
+        if (this.records) {
+          ch.grp = this.lowGroup;
+          ch.store = this.lowStore;
+        }
+      }
+      this.viewLow(ch, ci);
+    }
   }
 
   private viewLow(ch: Chunk, ci: number): void {
+    ch.l0 = this.lowL0.subarray(ci * L0_WORDS, (ci + 1) * L0_WORDS);
+    ch.l1 = this.lowL1.subarray(ci * L1_STRIDE, (ci + 1) * L1_STRIDE);
+    if (!this.records) return;
     ch.own = this.lowOwn.subarray(ci * CHUNK_IDS, (ci + 1) * CHUNK_IDS);
     ch.simple = this.lowSimple.subarray(ci * L0_WORDS, (ci + 1) * L0_WORDS);
     ch.base = ci * CHUNK_IDS;
   }
 
-  private growLow(chunks: number): void {
-    let n = 1;
-    while (n < chunks) n <<= 1;
-    const cap = n * CHUNK_IDS;
-    const own = new Uint16Array(cap);
-    own.set(this.lowOwn);
-    const simple = new Int32Array(cap >>> 5);
-    simple.set(this.lowSimple);
-    this.lowOwn = own;
-    this.lowSimple = simple;
-    const old = this.lowStore.privs;
-    if (old !== null) {
-      const privs = new Array<unknown>(cap).fill(null);
-      for (let i = 0; i < this.lowCap; i++) privs[i] = old[i];
-      this.lowStore.privs = privs;
-    }
-    this.lowStore.cap = cap;
-    this.lowCap = cap;
-    for (let ci = 0; ci < LOW_CHUNKS; ci++) {
-      const ch = this.low[ci];
-      if (ch !== undefined) this.viewLow(ch, ci);
-    }
-  }
-
   /** Mark `id` present (it must be absent); returns its chunk for the caller to fill the record. */
   insert(id: number): Chunk {
     const ci = id >>> CHUNK_SHIFT;
-    let ch = ci < LOW_CHUNKS ? this.low[ci] : this.high.get(ci);
-    if (ch === undefined) {
-      ch = new Chunk(this.records && ci >= LOW_CHUNKS);
-      if (ci < LOW_CHUNKS) {
-        this.low[ci] = ch;
-        if (this.records) this.bindLow(ch, ci);
-      } else this.high.set(ci, ch);
-      let i = this.made.length;
-      this.made.push(ci);
-      while (i > 0 && this.made[i - 1]! > ci) {
-        this.made[i] = this.made[i - 1]!;
-        i--;
+    let ch: Chunk | undefined;
+    if (ci < LOW_CHUNKS) {
+      if (id >= this.lowCap) this.growLow(ci + 1);
+      ch = this.low[ci]!;
+    } else {
+      ch = this.high.get(ci);
+      if (ch === undefined) {
+        ch = new Chunk(this.records, false);
+        this.high.set(ci, ch);
+        this.addMade(ci);
       }
-      this.made[i] = ci;
     }
     const off = id & CHUNK_MASK;
     const w = off >>> 5;
     const v = ch.l0[w]! | (1 << (off & 31));
     ch.l0[w] = v;
-    if (v === -1) ch.markWordFull(w);
-    if (++ch.count === CHUNK_IDS) this.full[ci >>> 5]! |= 1 << (ci & 31);
+    if (v === -1 && ch.markWordFull(w)) this.full[ci >>> 5]! |= 1 << (ci & 31);
     this.size++;
-    if (id === this.hintHi) this.hintHi = id + 1;
+    if (id === this.hintHi) this.hintHi = id + 1 === this.pendLo ? this.takePend() : id + 1;
     return ch;
   }
 
@@ -667,11 +789,10 @@ export class IdTable {
     const was = ch.l0[w]!;
     ch.l0[w] = was & ~(1 << (off & 31));
     if (was === -1) {
-      // The word was full, so its l1 bit (and maybe the l2 bit above it) was set.
-      ch.l1[w >>> 5]! &= ~(1 << (w & 31));
-      ch.l2 &= ~(1 << (w >>> 5));
+      // The word was full, so its l1 bit (and maybe the l2 and top-level bits above it) were set.
+      ch.markWordNotFull(w);
+      this.full[ci >>> 5]! &= ~(1 << (ci & 31));
     }
-    if (ch.count-- === CHUNK_IDS) this.full[ci >>> 5]! &= ~(1 << (ci & 31));
     if (this.records) {
       // Drop the reference now (the kernel frees the record). `rec` may keep stale words: it is
       // read only for present IDs whose `own` lacks SIMPLE, and initRecord rewrites it.
@@ -681,7 +802,7 @@ export class IdTable {
       ch.clearPriv(off);
     }
     this.size--;
-    if (id >= this.hintLo && id < this.hintHi) this.hintHi = id;
+    this.holeAt(id);
   }
 
   /** Calls fn for every ID in ascending order. fn must not insert or remove. */
@@ -689,7 +810,6 @@ export class IdTable {
     if (this.size === 0) return;
     for (const ci of this.made) {
       const ch = this.chunk(ci)!;
-      if (ch.count === 0) continue;
       const base = ci * CHUNK_IDS;
       for (let w = 0; w < L0_WORDS; w++) {
         let bits = ch.l0[w]!;
@@ -723,6 +843,9 @@ export class IdTable {
         if (this.chunk(ci) === undefined) return `chunk ${ci} marked full but absent`;
       }
     }
+    for (let ci = 0; ci < LOW_CHUNKS; ci++)
+      if ((this.low[ci] !== undefined) !== ci * CHUNK_IDS < this.lowCap)
+        return `low chunk ${ci} made or not made against the flat arrays' capacity ${this.lowCap}`;
     let lowOwner = 0;
     let lowCount = 0;
     for (const ci of this.made) {
@@ -740,10 +863,9 @@ export class IdTable {
         if (fullBit !== (v === -1)) return `chunk ${ci} word ${w}: full bit disagrees with bitmap`;
       }
       for (let j = 0; j < L1_WORDS; j++) {
-        if (((ch.l2 >>> j) & 1) !== (ch.l1[j] === -1 ? 1 : 0))
+        if (((ch.l1[L1_WORDS]! >>> j) & 1) !== (ch.l1[j] === -1 ? 1 : 0))
           return `chunk ${ci} l1 word ${j}: l2 bit disagrees`;
       }
-      if (n !== ch.count) return `chunk ${ci}: count ${ch.count} but ${n} bits set`;
       if (this.records) {
         const bad = ch.checkOwn();
         if (bad !== undefined) return `chunk ${ci}: ${bad}`;
@@ -763,17 +885,14 @@ export class IdTable {
     if (this.records) {
       const g = checkGroup(this.lowGroup, lowOwner, lowCount);
       if (g !== undefined) return `low chunks: ${g}`;
-      // The flat arrays past the made chunks hold nothing.
-      for (let ci = 0; ci < this.lowCap / CHUNK_IDS; ci++) {
-        if (this.low[ci] !== undefined) continue;
-        for (let k = ci * L0_WORDS; k < (ci + 1) * L0_WORDS; k++)
-          if (this.lowSimple[k] !== 0) return `SIMPLE bits in unmade chunk ${ci}`;
-      }
     }
-    if (this.hintHi > this.hintLo) {
-      const free = this.scanFrom(this.hintLo);
-      if (free >= 0 && free < this.hintHi)
-        return `search hint [${this.hintLo}, ${this.hintHi}) holds free ID ${free}`;
+    for (const [lo, hi, what] of [
+      [this.hintLo, this.hintHi, 'search hint'],
+      [this.pendLo, this.pendHi, 'pending run'],
+    ] as const) {
+      if (hi <= lo) continue;
+      const free = this.scanFrom(lo);
+      if (free >= 0 && free < hi) return `${what} [${lo}, ${hi}) holds free ID ${free}`;
     }
     return undefined;
   }
