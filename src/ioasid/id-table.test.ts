@@ -179,4 +179,26 @@ describe('IdTable', () => {
     assert.equal(t.allocOwned(1, 0xfffff, own, null), 5002);
     assert.equal(t.check(), undefined);
   });
+  test('a removal leaves the compact record behind, and no reader takes it for a present ID', () => {
+    const t = new IdTable(true);
+    const a = ownFor(0, 1);
+    const b = ownFor(1, 1);
+    // Two sets' SIMPLE IDs in the low chunks: the group is mixed, so the u16 decides.
+    assert.equal(t.allocOwned(1, 100, a, { n: 1 }), 1);
+    assert.equal(t.allocOwned(1, 100, b, null), 2);
+    assert.equal(t.allocOwned(3_000_000, 3_000_100, a, null), 3_000_000);
+    assert.equal(t.allocOwned(3_000_000, 3_000_100, b, null), 3_000_001);
+    assert.ok(t.freeOwned(1, a));
+    assert.ok(t.freeOwned(3_000_000, a));
+    // Freed: a second free and a lookup fail although the stale u16 still says "set a".
+    assert.equal(t.freeOwned(1, a), false);
+    assert.equal(t.freeOwned(3_000_000, a), false);
+    assert.equal(t.lookupActive(1, 1), undefined);
+    assert.equal(t.size, 2);
+    // A raw insert over the stale record starts with none.
+    t.insert(1);
+    assert.equal(t.freeOwned(1, a), false);
+    assert.equal(t.lookupActive(1, 1), undefined);
+    assert.equal(t.check(), undefined);
+  });
 });

@@ -32,12 +32,12 @@ export const META_HAS_SPID = 4;
  * {that set, ACTIVE, one user, no SPID} and `rec` is not written at all. That is the state of
  * almost every live ID, and it lets alloc, free and find decide from two bytes in a dense array
  * instead of a cold eight-byte record: on a full PASID space the random accesses of a free or a
- * lookup hit a 2 MiB array rather than an 8 MiB one. 0 for an absent ID.
+ * lookup hit a 2 MiB array rather than an 8 MiB one. Meaningless for an absent ID (see Chunk.own).
  */
 export const OWN_SET_MASK = 0x3fff;
 export const OWN_ACTIVE = 0x4000;
 export const OWN_SIMPLE = 0x8000;
-/** SimpleGroup.owner when SIMPLE IDs of several sets share the group. */
+/** GroupState.simpleOwner when SIMPLE IDs of several sets share the group. */
 export const SIMPLE_MIXED = -2;
 /** State value of an ACTIVE record (IOASID_STATE_ACTIVE; the table does not import the core). */
 const STATE_ACTIVE = 1;
@@ -49,39 +49,44 @@ export function ownFor(setId: number, state: number): number {
   return state === STATE_ACTIVE ? tag | OWN_ACTIVE | OWN_SIMPLE : tag;
 }
 
-/** Who owns the SIMPLE IDs of some chunks: the low chunks share one group, a high chunk has its own. */
-export class SimpleGroup {
+/**
+ * Who owns the SIMPLE IDs of some chunks: the low chunks share one group (the IdTable itself
+ * holds its fields, one load closer for the hot paths), a high chunk has a SimpleGroup of its own.
+ */
+export interface GroupState {
   /** 0: no SIMPLE ID; a set tag: all are that set's; SIMPLE_MIXED: several sets'. */
-  owner = 0;
-  count = 0;
+  simpleOwner: number;
+  simpleCount: number;
 }
 
-/** Private data of some chunks: one flat array for the low chunks, one per high chunk; made on first use. */
-export class PrivStore {
+export class SimpleGroup implements GroupState {
+  simpleOwner = 0;
+  simpleCount = 0;
+}
+
+/**
+ * Private data of some chunks, made on first use: one flat array indexed by ID for the low
+ * chunks (held by the IdTable itself), one array per high chunk (a PrivStore).
+ */
+export interface PrivHolder {
+  privs: unknown[] | null;
+  privCap: number;
+}
+
+/** Store `priv` at index i of h's private data, making the array on first use (not for null). */
+function setPrivIn(h: PrivHolder, i: number, priv: unknown): void {
+  if (h.privs === null) {
+    if (priv == null) return;
+    h.privs = new Array<unknown>(h.privCap).fill(null);
+  }
+  h.privs[i] = priv ?? null;
+}
+
+export class PrivStore implements PrivHolder {
   privs: unknown[] | null = null;
-  cap: number;
+  privCap: number;
   constructor(cap: number) {
-    this.cap = cap;
-  }
-
-  /** Store `priv` (not null) at index i, making the array on first use. */
-  set(i: number, priv: unknown): void {
-    if (this.privs === null) {
-      if (priv == null) return;
-      this.privs = new Array<unknown>(this.cap).fill(null);
-    }
-    this.privs[i] = priv ?? null;
-  }
-
-  /** Grow to `cap` slots (the low chunks' store, when the flat arrays grow). */
-  grow(cap: number): void {
-    const old = this.privs;
-    if (old !== null) {
-      const privs = new Array<unknown>(cap).fill(null);
-      for (let i = 0; i < this.cap; i++) privs[i] = old[i];
-      this.privs = privs;
-    }
-    this.cap = cap;
+    this.privCap = cap;
   }
 }
 
@@ -92,10 +97,10 @@ function mergeOwner(a: number, b: number, bCount: number): number {
 }
 
 /** A group's counters against a count taken from the bitmaps (a group once mixed may stay so). */
-function checkGroup(g: SimpleGroup, owner: number, count: number): string | undefined {
-  if (g.count !== count) return `SIMPLE count ${g.count} but ${count} bits`;
-  if (g.owner !== owner && !(g.owner === SIMPLE_MIXED && count > 0))
-    return `SIMPLE owner ${g.owner} but the IDs give ${owner}`;
+function checkGroup(g: GroupState, owner: number, count: number): string | undefined {
+  if (g.simpleCount !== count) return `SIMPLE count ${g.simpleCount} but ${count} bits`;
+  if (g.simpleOwner !== owner && !(g.simpleOwner === SIMPLE_MIXED && count > 0))
+    return `SIMPLE owner ${g.simpleOwner} but the IDs give ${owner}`;
   return undefined;
 }
 
@@ -115,7 +120,9 @@ export class Chunk {
   l1!: Int32Array;
   /**
    * Records (only when the table keeps them). `own` is the compact record above, for every
-   * present ID. `rec` holds the full record, two int32 per ID [meta, users] with
+   * present ID; an absent ID's is whatever its last owner left (a removal does not clear it, so
+   * a free touches no line of this 2 MiB array; insert clears it), and every reader tests
+   * presence first, or a bit of `simple`, which a removal does clear. `rec` holds the full record, two int32 per ID [meta, users] with
    * meta = (set + 1) << 3 | HAS_SPID << 2 | state, and is read only where `own` lacks SIMPLE; it
    * is made the first time such a record exists. SPIDs and private data live in arrays made on
    * first use too, so a table whose IDs carry neither costs no JS array at all (allocating and
@@ -129,9 +136,9 @@ export class Chunk {
    * stays in the L2 cache where `own` (2 MiB) does not.
    */
   simple!: Int32Array;
-  grp!: SimpleGroup;
+  grp!: GroupState;
   /** Private data: `store.privs[base + off]`. */
-  store!: PrivStore;
+  store!: PrivHolder;
   base = 0;
   rec: Int32Array | null = null;
   spids: Int32Array | null = null;
@@ -167,14 +174,14 @@ export class Chunk {
   addSimple(off: number, tag: number): void {
     this.simple[off >>> 5]! |= 1 << (off & 31);
     const g = this.grp;
-    if (g.count++ === 0) g.owner = tag;
-    else if (g.owner !== tag) g.owner = SIMPLE_MIXED;
+    if (g.simpleCount++ === 0) g.simpleOwner = tag;
+    else if (g.simpleOwner !== tag) g.simpleOwner = SIMPLE_MIXED;
   }
 
   dropSimple(off: number): void {
     this.simple[off >>> 5]! &= ~(1 << (off & 31));
     const g = this.grp;
-    if (--g.count === 0) g.owner = 0;
+    if (--g.simpleCount === 0) g.simpleOwner = 0;
   }
 
   private fullRec(): Int32Array {
@@ -294,7 +301,7 @@ export class Chunk {
   }
 
   setPriv(off: number, priv: unknown): void {
-    this.store.set(this.base + off, priv);
+    setPrivIn(this.store, this.base + off, priv);
   }
 
   /** Drop the private data reference (the ID is going). */
@@ -305,22 +312,17 @@ export class Chunk {
 
   /** The compact records agree with the bitmap and the full records (for IdTable.check). */
   checkOwn(): string | undefined {
-    const words = new Int32Array(this.own.buffer, this.own.byteOffset, CHUNK_IDS >>> 1);
     let count = 0;
     let owner = 0;
     for (let w = 0; w < L0_WORDS; w++) {
       const used = this.l0[w]!;
       const simple = this.simple[w]!;
       if ((simple & ~used) !== 0) return `word ${w}: SIMPLE bits on absent IDs`;
-      if (used === 0) {
-        // No ID of this word is present: its 32 compact records (16 int32) must all be 0.
-        for (let k = w << 4; k < (w + 1) << 4; k++)
-          if (words[k] !== 0) return `absent IDs of word ${w} have compact records`;
-        continue;
-      }
+      // An absent ID's compact record means nothing (see `own`).
       for (let b = 0; b < 32; b++) {
+        if ((used & (1 << b)) === 0) continue;
         const off = (w << 5) | b;
-        const bad = this.checkOwnAt(off, (used & (1 << b)) !== 0);
+        const bad = this.checkOwnAt(off);
         if (bad !== undefined) return bad;
         const o = this.own[off]!;
         const isSimple = ((simple >>> b) & 1) === 1;
@@ -340,9 +342,8 @@ export class Chunk {
   checkedSimple = 0;
   checkedOwner = 0;
 
-  private checkOwnAt(off: number, present: boolean): string | undefined {
+  private checkOwnAt(off: number): string | undefined {
     const o = this.own[off]!;
-    if (!present) return o === 0 ? undefined : `absent offset ${off} has compact record ${o}`;
     if ((o & OWN_SIMPLE) !== 0) {
       return (o & OWN_ACTIVE) === 0 || (o & OWN_SET_MASK) === 0
         ? `offset ${off}: SIMPLE compact record ${o} without a set or ACTIVE`
@@ -400,7 +401,7 @@ export class Chunk {
 }
 
 /** A set of u32 IDs with lowest-free search and optional per-ID records. */
-export class IdTable {
+export class IdTable implements GroupState, PrivHolder {
   /**
    * Chunk i covers IDs [i * 2^15, (i + 1) * 2^15). The first LOW_CHUNKS (2^21 IDs, past any PCIe
    * PASID) sit in a small packed array, the rest in a Map: a 2^17-slot array would fall into
@@ -425,8 +426,11 @@ export class IdTable {
   lowOwn = new Uint16Array(0);
   lowSimple = new Int32Array(0);
   lowCap = 0;
-  readonly lowGroup = new SimpleGroup();
-  readonly lowStore = new PrivStore(0);
+  /** The low chunks' GroupState and PrivHolder (see there). */
+  simpleOwner = 0;
+  simpleCount = 0;
+  privs: unknown[] | null = null;
+  privCap = 0;
   /** Number of IDs in the table. */
   size = 0;
   /**
@@ -523,12 +527,11 @@ export class IdTable {
           this.hintHi = id + 1 === this.pendLo ? this.takePend() : id + 1;
           this.lowOwn[id] = own;
           this.lowSimple[w]! |= 1 << b;
-          const g = this.lowGroup;
           const tag = own & OWN_SET_MASK;
-          const n = g.count;
-          g.count = n + 1;
-          g.owner = n === 0 || g.owner === tag ? tag : SIMPLE_MIXED;
-          if (priv !== null) this.lowStore.set(id, priv);
+          const n = this.simpleCount;
+          this.simpleCount = n + 1;
+          this.simpleOwner = n === 0 || this.simpleOwner === tag ? tag : SIMPLE_MIXED;
+          if (priv !== null) setPrivIn(this, id, priv);
           return id;
         }
       }
@@ -548,10 +551,26 @@ export class IdTable {
     return id;
   }
 
-  /** Low l0 word w (an index into lowL0) became all ones. */
+  /**
+   * Low l0 word w (an index into lowL0) became all ones: its bit in lowL1. In a churn this
+   * happens on almost every allocation (it fills the hole a free left in a full word), hence
+   * the flat arrays and no chunk object; the rarer full l1 word goes out of line.
+   */
   private lowWordFull(w: number): void {
     const ci = w >>> 10;
-    if (this.low[ci]!.markWordFull(w & (L0_WORDS - 1))) this.full[ci >>> 5]! |= 1 << (ci & 31);
+    const i = ci * L1_STRIDE + ((w >>> 5) & 31);
+    const l1 = this.lowL1;
+    const v1 = l1[i]! | (1 << (w & 31));
+    l1[i] = v1;
+    if (v1 === -1) this.lowL1WordFull(ci, (w >>> 5) & 31);
+  }
+
+  /** Low chunk ci's l1 word j became all ones. */
+  private lowL1WordFull(ci: number, j: number): void {
+    const i = ci * L1_STRIDE + L1_WORDS;
+    const v2 = this.lowL1[i]! | (1 << j);
+    this.lowL1[i] = v2;
+    if (v2 === -1) this.full[ci >>> 5]! |= 1 << (ci & 31);
   }
 
   /** The hint reaches the pending run: it runs on to its end, and the pending run is used up. */
@@ -564,20 +583,23 @@ export class IdTable {
 
   /**
    * The core's fast find: the private data of `id` if it is an ACTIVE ID of the set whose
-   * compact tag is `ownTag` (`findTag` = tag | ACTIVE), else undefined (never stored: no private
+   * compact tag is `ownTag` (-1: none), else undefined (never stored: no private
    * data is null), which sends the caller to the full path, the one that tells the reasons
    * apart. Comparing with undefined is a pointer compare, where a sentinel object imported from
    * here would cost a generic equality call. Only the low chunks: a Map lookup here would double
    * the code the caller's loop inlines.
    */
-  lookupActive(id: number, ownTag: number, findTag: number): unknown {
+  lookupActive(id: number, ownTag: number): unknown {
     if (id >>> 0 !== id || id >= this.lowCap) return undefined;
+    const w = id >>> 5;
+    const bit = 1 << (id & 31);
     if (
-      this.lowGroup.owner === ownTag
-        ? (this.lowSimple[id >>> 5]! & (1 << (id & 31))) !== 0 || (this.lowOwn[id]! & ~OWN_SIMPLE) === findTag
-        : (this.lowOwn[id]! & ~OWN_SIMPLE) === findTag
+      (this.simpleOwner === ownTag && (this.lowSimple[w]! & bit) !== 0) ||
+      // Not a SIMPLE ID of the set: present, with the set's tag and ACTIVE (ownTag -1 matches no
+      // record, as -1 | ACTIVE is -1).
+      ((this.lowL0[w]! & bit) !== 0 && (this.lowOwn[id]! & ~OWN_SIMPLE) === (ownTag | OWN_ACTIVE))
     ) {
-      const privs = this.lowStore.privs;
+      const privs = this.privs;
       return privs === null ? null : privs[id];
     }
     return undefined;
@@ -586,29 +608,28 @@ export class IdTable {
   /**
    * The core's fast free: if `id` is present with exactly the compact record `own` (a SIMPLE
    * value: that set, ACTIVE, one user, no SPID), remove it and return true; otherwise change
-   * nothing and return false. One bit or one u16 compare decides, with no presence test first:
-   * `own` is 0 for every absent ID. A low ID is removed through the flat arrays alone.
+   * nothing and return false. While one set owns every SIMPLE ID, one bit decides; otherwise
+   * the presence bit and the u16. A low ID is removed through the flat arrays alone, and its
+   * compact record is left as it is (see Chunk.own).
    */
   freeOwned(id: number, own: number): boolean {
     if (id >>> 0 !== id) return false;
     if (id >= this.lowCap) return this.freeOwnedHigh(id, own);
     const w = id >>> 5;
     const bit = 1 << (id & 31);
-    const g = this.lowGroup;
-    // A SIMPLE ID's bit in lowSimple is set; while one set owns them all, the bit decides.
-    if (g.owner === (own & OWN_SET_MASK)) {
-      if ((this.lowSimple[w]! & bit) === 0) return false;
-    } else if (this.lowOwn[id] !== own) return false;
     const l0 = this.lowL0;
     const was = l0[w]!;
+    // A SIMPLE ID's bit in lowSimple is set; while one set owns them all, the bit decides.
+    if (this.simpleOwner === (own & OWN_SET_MASK)) {
+      if ((this.lowSimple[w]! & bit) === 0) return false;
+    } else if ((was & bit) === 0 || this.lowOwn[id] !== own) return false;
     l0[w] = was & ~bit;
     if (was === -1) this.lowWordNotFull(w);
     this.lowSimple[w]! &= ~bit;
-    const n = g.count - 1;
-    g.count = n;
-    g.owner = n === 0 ? 0 : g.owner;
-    this.lowOwn[id] = 0;
-    const privs = this.lowStore.privs;
+    const n = this.simpleCount - 1;
+    this.simpleCount = n;
+    this.simpleOwner = n === 0 ? 0 : this.simpleOwner;
+    const privs = this.privs;
     if (privs !== null) privs[id] = null;
     this.size--;
     this.holeAt(id);
@@ -619,17 +640,22 @@ export class IdTable {
     const ch = this.high.get(id >>> CHUNK_SHIFT);
     if (ch === undefined) return false;
     const off = id & CHUNK_MASK;
-    if (ch.grp.owner === (own & OWN_SET_MASK)) {
-      if ((ch.simple[off >>> 5]! & (1 << (off & 31))) === 0) return false;
-    } else if (ch.own[off] !== own) return false;
+    const bit = 1 << (off & 31);
+    if (ch.grp.simpleOwner === (own & OWN_SET_MASK)) {
+      if ((ch.simple[off >>> 5]! & bit) === 0) return false;
+    } else if ((ch.l0[off >>> 5]! & bit) === 0 || ch.own[off] !== own) return false;
     this.remove(ch, id);
     return true;
   }
 
-  /** Low l0 word w, which was all ones, lost a bit. */
+  /** Low l0 word w, which was all ones, lost a bit: as the C reference, clear the bits above it. */
   private lowWordNotFull(w: number): void {
     const ci = w >>> 10;
-    this.low[ci]!.markWordNotFull(w & (L0_WORDS - 1));
+    const j = (w >>> 5) & 31;
+    const b = ci * L1_STRIDE;
+    const l1 = this.lowL1;
+    l1[b + j]! &= ~(1 << (w & 31));
+    l1[b + L1_WORDS]! &= ~(1 << j);
     this.full[ci >>> 5]! &= ~(1 << (ci & 31));
   }
 
@@ -729,7 +755,13 @@ export class IdTable {
       simple.set(this.lowSimple);
       this.lowOwn = own;
       this.lowSimple = simple;
-      this.lowStore.grow(cap);
+      const old = this.privs;
+      if (old !== null) {
+        const privs = new Array<unknown>(cap).fill(null);
+        for (let i = 0; i < this.privCap; i++) privs[i] = old[i];
+        this.privs = privs;
+      }
+      this.privCap = cap;
     }
     this.lowCap = cap;
     for (let ci = 0; ci < n; ci++) {
@@ -739,8 +771,8 @@ export class IdTable {
         this.low[ci] = ch;
         this.addMade(ci);
         if (this.records) {
-          ch.grp = this.lowGroup;
-          ch.store = this.lowStore;
+          ch.grp = this;
+          ch.store = this;
         }
       }
       this.viewLow(ch, ci);
@@ -776,6 +808,8 @@ export class IdTable {
     const v = ch.l0[w]! | (1 << (off & 31));
     ch.l0[w] = v;
     if (v === -1 && ch.markWordFull(w)) this.full[ci >>> 5]! |= 1 << (ci & 31);
+    // A removal leaves the compact record behind (see Chunk.own): a new ID starts with none.
+    if (this.records) ch.own[off] = 0;
     this.size++;
     if (id === this.hintHi) this.hintHi = id + 1 === this.pendLo ? this.takePend() : id + 1;
     return ch;
@@ -797,8 +831,8 @@ export class IdTable {
       // Drop the reference now (the kernel frees the record). `rec` may keep stale words: it is
       // read only for present IDs whose `own` lacks SIMPLE, and initRecord rewrites it.
       // Through the bitmap, not a read of own[off]: that would be the one cache miss of a free.
+      // `own` stays as it is: see Chunk.own.
       if ((ch.simple[w]! & (1 << (off & 31))) !== 0) ch.dropSimple(off);
-      ch.own[off] = 0;
       ch.clearPriv(off);
     }
     this.size--;
@@ -883,7 +917,7 @@ export class IdTable {
     }
     if (total !== this.size) return `table size ${this.size} but ${total} IDs present`;
     if (this.records) {
-      const g = checkGroup(this.lowGroup, lowOwner, lowCount);
+      const g = checkGroup(this, lowOwner, lowCount);
       if (g !== undefined) return `low chunks: ${g}`;
     }
     for (const [lo, hi, what] of [

@@ -83,12 +83,16 @@ export class IoasidSet {
   /** The core that made the set (null for a handle made outside one: no fast path accepts it). */
   readonly core: object | null;
   /**
+   * A number that names `core` (0: none), for the fast paths' "is this set one of mine": an
+   * integer compare where comparing object references costs V8 a type check of the loaded
+   * field first.
+   */
+  readonly coreUid: number;
+  /**
    * The compact record (id-table.ts OWN_*) of an ID of this set in the common state, while the
    * fast paths may take it: set live, no set notifier to call. -1 otherwise.
    */
   fastTag = -1;
-  /** The compact record bits that make an ID findable in this set (live set, ACTIVE ID); -1 if none. */
-  findTag = -1;
   /** The set's tag in compact records (slot + 1) while it is live; -1 otherwise. */
   ownTag = -1;
 
@@ -99,6 +103,7 @@ export class IoasidSet {
     quota: number,
     reserves: boolean,
     core: object | null = null,
+    coreUid = 0,
   ) {
     this.id = id;
     this.token = token;
@@ -106,6 +111,7 @@ export class IoasidSet {
     this.quota = quota;
     this.reserves = reserves;
     this.core = core;
+    this.coreUid = core === null ? 0 : coreUid;
     this.nh.onChange = () => this.refreshFast();
     this.refreshFast();
   }
@@ -114,7 +120,6 @@ export class IoasidSet {
     const tag = this.id + 1;
     const ok = this.core !== null && !this.isDead && tag <= OWN_SET_MASK;
     this.ownTag = ok ? tag : -1;
-    this.findTag = ok ? tag | OWN_ACTIVE : -1;
     this.fastTag = ok && this.nh.length === 0 ? tag | OWN_ACTIVE | OWN_SIMPLE : -1;
   }
 
@@ -137,6 +142,9 @@ interface AllocatorData {
   slist: IoasidAllocatorOps[];
   table: IdTable;
 }
+
+/** Uids of the cores made so far (IoasidCore.uid). */
+let coreUids = 0;
 
 /** A pending or active registration of ioasid_register_notifier_mm (research D.4). */
 interface MmNotifierEntry {
@@ -182,6 +190,8 @@ export class IoasidCore {
    * and no tracer (fault injection is checked per call: the injector is armed from outside).
    * `fastFree` adds: no global notifier to call.
    */
+  /** Names this core in its sets (IoasidSet.coreUid). */
+  private readonly uid = ++coreUids;
   private fast = false;
   private fastFree = false;
 
@@ -469,7 +479,7 @@ export class IoasidCore {
     const id = this.setIds.lowestFree(0, MAX_SET_ID);
     if (id < 0) return kerr('ENOSPC', 'ioasid_set_alloc: no set ID left in ioasid_sets');
     this.setIds.insert(id);
-    const set = new IoasidSet(id, token, type, quota, reserves, this);
+    const set = new IoasidSet(id, token, type, quota, reserves, this, this.uid);
     this.sets[id] = set;
     if (reserves) this.capacityAvail -= quota;
     return set;
@@ -605,7 +615,7 @@ export class IoasidCore {
       this.fast &&
       set !== null &&
       set.fastTag > 0 &&
-      set.core === this &&
+      set.coreUid === this.uid &&
       set.nrIoasids < set.quota &&
       // Non-negative int32 bounds, min <= max: int32 compares only, and max < INVALID_IOASID.
       (min | 0) === min &&
@@ -688,7 +698,7 @@ export class IoasidCore {
       this.fastFree &&
       set !== null &&
       set.fastTag > 0 &&
-      set.core === this &&
+      set.coreUid === this.uid &&
       !this.faults.armed &&
       this.table.freeOwned(id, set.fastTag)
     ) {
@@ -806,8 +816,8 @@ export class IoasidCore {
   ioasidFind(set: IoasidSet | null, id: number, getter?: (priv: unknown) => boolean): unknown {
     // Kept small so that it inlines into the caller's loop: an ACTIVE ID of a live set of this
     // core is a bit test. Everything else is decided out of line.
-    if (set !== null && set.core === this) {
-      const priv = this.table.lookupActive(id, set.ownTag, set.findTag);
+    if (set !== null && set.coreUid === this.uid) {
+      const priv = this.table.lookupActive(id, set.ownTag);
       if (priv !== undefined) return getter === undefined || getter(priv) ? priv : null;
     }
     return this.findFull(set, id, getter);
