@@ -185,13 +185,13 @@ export class IoasidCore {
     this.debugOn = on;
     this.refreshFast();
   }
+  /** Names this core in its sets (IoasidSet.coreUid). */
+  private readonly uid = ++coreUids;
   /**
    * The fast paths of alloc and find may run: v3, the default allocator, no invariant checks
    * and no tracer (fault injection is checked per call: the injector is armed from outside).
    * `fastFree` adds: no global notifier to call.
    */
-  /** Names this core in its sets (IoasidSet.coreUid). */
-  private readonly uid = ++coreUids;
   private fast = false;
   private fastFree = false;
 
