@@ -56,12 +56,20 @@ export function ownFor(setId: number, state: number): number {
 export interface GroupState {
   /** 0: no SIMPLE ID; a set tag: all are that set's; SIMPLE_MIXED: several sets'. */
   simpleOwner: number;
+  /** Present IDs whose record is SIMPLE. */
   simpleCount: number;
+  /**
+   * Present IDs whose record is not SIMPLE. While it is 0 and one set owns the SIMPLE IDs,
+   * "is this a SIMPLE ID of set S" is the presence bit alone: a free or a find then reads one
+   * bitmap word, the one a free must write anyway.
+   */
+  nonSimple: number;
 }
 
 export class SimpleGroup implements GroupState {
   simpleOwner = 0;
   simpleCount = 0;
+  nonSimple = 0;
 }
 
 /**
@@ -97,8 +105,9 @@ function mergeOwner(a: number, b: number, bCount: number): number {
 }
 
 /** A group's counters against a count taken from the bitmaps (a group once mixed may stay so). */
-function checkGroup(g: GroupState, owner: number, count: number): string | undefined {
+function checkGroup(g: GroupState, owner: number, count: number, nonSimple: number): string | undefined {
   if (g.simpleCount !== count) return `SIMPLE count ${g.simpleCount} but ${count} bits`;
+  if (g.nonSimple !== nonSimple) return `non-SIMPLE count ${g.nonSimple} but ${nonSimple} IDs`;
   if (g.simpleOwner !== owner && !(g.simpleOwner === SIMPLE_MIXED && count > 0))
     return `SIMPLE owner ${g.simpleOwner} but the IDs give ${owner}`;
   return undefined;
@@ -130,10 +139,12 @@ export class Chunk {
    */
   own!: Uint16Array;
   /**
-   * Bit per ID: `own` has SIMPLE. While every such ID of the chunk's group belongs to one set,
-   * `grp.owner` is that set's tag, and "is this ID a SIMPLE one of set S" is a bit test in a
-   * bitmap instead of a read of the ID's own u16: on a full PASID space the bitmap (128 KiB)
-   * stays in the L2 cache where `own` (2 MiB) does not.
+   * Bit per present ID: `own` has SIMPLE (an absent ID's bit is stale, like its `own`: the fast
+   * free writes neither; insert clears both). While every such ID of the chunk's group belongs
+   * to one set, `grp.simpleOwner` is that set's tag, and "is this ID a SIMPLE one of set S" is a
+   * bit test in a bitmap instead of a read of the ID's own u16: on a full PASID space the bitmap
+   * (128 KiB) stays in the L2 cache where `own` (2 MiB) does not. While no present ID of the
+   * group is other than SIMPLE (`grp.nonSimple` 0), the presence bit alone answers it.
    */
   simple!: Int32Array;
   grp!: GroupState;
@@ -166,9 +177,22 @@ export class Chunk {
   /** Every write of `own` outside the hot paths goes here, which keep `simple` the same way. */
   private setOwn(off: number, v: number): void {
     const bit = 1 << (off & 31);
-    if ((this.simple[off >>> 5]! & bit) !== 0) this.dropSimple(off);
+    if ((this.simple[off >>> 5]! & bit) !== 0) {
+      this.dropSimple(off);
+      this.grp.nonSimple++;
+    }
     this.own[off] = v;
-    if ((v & OWN_SIMPLE) !== 0) this.addSimple(off, v & OWN_SET_MASK);
+    if ((v & OWN_SIMPLE) !== 0) {
+      this.addSimple(off, v & OWN_SET_MASK);
+      this.grp.nonSimple--;
+    }
+  }
+
+  /** A just-inserted ID (no record yet, so counted as not SIMPLE) gets the SIMPLE record `own`. */
+  initSimple(off: number, own: number): void {
+    this.own[off] = own;
+    this.addSimple(off, own & OWN_SET_MASK);
+    this.grp.nonSimple--;
   }
 
   addSimple(off: number, tag: number): void {
@@ -313,12 +337,12 @@ export class Chunk {
   /** The compact records agree with the bitmap and the full records (for IdTable.check). */
   checkOwn(): string | undefined {
     let count = 0;
+    let others = 0;
     let owner = 0;
     for (let w = 0; w < L0_WORDS; w++) {
       const used = this.l0[w]!;
       const simple = this.simple[w]!;
-      if ((simple & ~used) !== 0) return `word ${w}: SIMPLE bits on absent IDs`;
-      // An absent ID's compact record means nothing (see `own`).
+      // An absent ID's compact record and SIMPLE bit mean nothing (see `own`).
       for (let b = 0; b < 32; b++) {
         if ((used & (1 << b)) === 0) continue;
         const off = (w << 5) | b;
@@ -330,16 +354,18 @@ export class Chunk {
         if (isSimple) {
           const tag = o & OWN_SET_MASK;
           owner = count++ === 0 ? tag : owner === tag ? owner : SIMPLE_MIXED;
-        }
+        } else others++;
       }
     }
     this.checkedSimple = count;
+    this.checkedOthers = others;
     this.checkedOwner = owner;
     return undefined;
   }
 
   /** What the last checkOwn counted (the table adds them up per group). */
   checkedSimple = 0;
+  checkedOthers = 0;
   checkedOwner = 0;
 
   private checkOwnAt(off: number): string | undefined {
@@ -429,6 +455,7 @@ export class IdTable implements GroupState, PrivHolder {
   /** The low chunks' GroupState and PrivHolder (see there). */
   simpleOwner = 0;
   simpleCount = 0;
+  nonSimple = 0;
   privs: unknown[] | null = null;
   privCap = 0;
   /** Number of IDs in the table. */
@@ -545,8 +572,7 @@ export class IdTable implements GroupState, PrivHolder {
     if (id < 0) return -1;
     const ch = this.insert(id);
     const off = id & CHUNK_MASK;
-    ch.own[off] = own;
-    ch.addSimple(off, own & OWN_SET_MASK);
+    ch.initSimple(off, own);
     if (priv !== null) ch.setPriv(off, priv);
     return id;
   }
@@ -594,10 +620,11 @@ export class IdTable implements GroupState, PrivHolder {
     const w = id >>> 5;
     const bit = 1 << (id & 31);
     if (
-      (this.simpleOwner === ownTag && (this.lowSimple[w]! & bit) !== 0) ||
-      // Not a SIMPLE ID of the set: present, with the set's tag and ACTIVE (ownTag -1 matches no
-      // record, as -1 | ACTIVE is -1).
-      ((this.lowL0[w]! & bit) !== 0 && (this.lowOwn[id]! & ~OWN_SIMPLE) === (ownTag | OWN_ACTIVE))
+      (this.lowL0[w]! & bit) !== 0 &&
+      // A SIMPLE ID of the set (see GroupState.nonSimple), or any present ID with the set's tag
+      // and ACTIVE (ownTag -1 matches no record, as -1 | ACTIVE is -1).
+      ((this.simpleOwner === ownTag && (this.nonSimple === 0 || (this.lowSimple[w]! & bit) !== 0)) ||
+        (this.lowOwn[id]! & ~OWN_SIMPLE) === (ownTag | OWN_ACTIVE))
     ) {
       const privs = this.privs;
       return privs === null ? null : privs[id];
@@ -619,13 +646,15 @@ export class IdTable implements GroupState, PrivHolder {
     const bit = 1 << (id & 31);
     const l0 = this.lowL0;
     const was = l0[w]!;
-    // A SIMPLE ID's bit in lowSimple is set; while one set owns them all, the bit decides.
+    // While one set owns every SIMPLE ID, presence (and the SIMPLE bit, unless every present ID
+    // is SIMPLE) decides; otherwise presence and the u16. The SIMPLE bit is left as it is, like
+    // the u16 (see Chunk.simple).
+    if ((was & bit) === 0) return false;
     if (this.simpleOwner === (own & OWN_SET_MASK)) {
-      if ((this.lowSimple[w]! & bit) === 0) return false;
-    } else if ((was & bit) === 0 || this.lowOwn[id] !== own) return false;
+      if (this.nonSimple !== 0 && (this.lowSimple[w]! & bit) === 0) return false;
+    } else if (this.lowOwn[id] !== own) return false;
     l0[w] = was & ~bit;
     if (was === -1) this.lowWordNotFull(w);
-    this.lowSimple[w]! &= ~bit;
     const n = this.simpleCount - 1;
     this.simpleCount = n;
     this.simpleOwner = n === 0 ? 0 : this.simpleOwner;
@@ -641,9 +670,10 @@ export class IdTable implements GroupState, PrivHolder {
     if (ch === undefined) return false;
     const off = id & CHUNK_MASK;
     const bit = 1 << (off & 31);
+    if ((ch.l0[off >>> 5]! & bit) === 0) return false;
     if (ch.grp.simpleOwner === (own & OWN_SET_MASK)) {
       if ((ch.simple[off >>> 5]! & bit) === 0) return false;
-    } else if ((ch.l0[off >>> 5]! & bit) === 0 || ch.own[off] !== own) return false;
+    } else if (ch.own[off] !== own) return false;
     this.remove(ch, id);
     return true;
   }
@@ -808,8 +838,13 @@ export class IdTable implements GroupState, PrivHolder {
     const v = ch.l0[w]! | (1 << (off & 31));
     ch.l0[w] = v;
     if (v === -1 && ch.markWordFull(w)) this.full[ci >>> 5]! |= 1 << (ci & 31);
-    // A removal leaves the compact record behind (see Chunk.own): a new ID starts with none.
-    if (this.records) ch.own[off] = 0;
+    // A removal leaves the compact record and the SIMPLE bit behind (see Chunk.own): a new ID
+    // starts with no record, which is not SIMPLE.
+    if (this.records) {
+      ch.own[off] = 0;
+      ch.simple[w]! &= ~(1 << (off & 31));
+      ch.grp.nonSimple++;
+    }
     this.size++;
     if (id === this.hintHi) this.hintHi = id + 1 === this.pendLo ? this.takePend() : id + 1;
     return ch;
@@ -833,6 +868,7 @@ export class IdTable implements GroupState, PrivHolder {
       // Through the bitmap, not a read of own[off]: that would be the one cache miss of a free.
       // `own` stays as it is: see Chunk.own.
       if ((ch.simple[w]! & (1 << (off & 31))) !== 0) ch.dropSimple(off);
+      else ch.grp.nonSimple--;
       ch.clearPriv(off);
     }
     this.size--;
@@ -882,6 +918,7 @@ export class IdTable implements GroupState, PrivHolder {
         return `low chunk ${ci} made or not made against the flat arrays' capacity ${this.lowCap}`;
     let lowOwner = 0;
     let lowCount = 0;
+    let lowOthers = 0;
     for (const ci of this.made) {
       const ch = this.chunk(ci)!;
       const isFull = (this.full[ci >>> 5]! & (1 << (ci & 31))) !== 0;
@@ -907,8 +944,9 @@ export class IdTable implements GroupState, PrivHolder {
           lowOwner =
             lowCount === 0 ? ch.checkedOwner : mergeOwner(lowOwner, ch.checkedOwner, ch.checkedSimple);
           lowCount += ch.checkedSimple;
+          lowOthers += ch.checkedOthers;
         } else {
-          const g = checkGroup(ch.grp, ch.checkedOwner, ch.checkedSimple);
+          const g = checkGroup(ch.grp, ch.checkedOwner, ch.checkedSimple, ch.checkedOthers);
           if (g !== undefined) return `chunk ${ci}: ${g}`;
         }
       }
@@ -917,7 +955,7 @@ export class IdTable implements GroupState, PrivHolder {
     }
     if (total !== this.size) return `table size ${this.size} but ${total} IDs present`;
     if (this.records) {
-      const g = checkGroup(this, lowOwner, lowCount);
+      const g = checkGroup(this, lowOwner, lowCount, lowOthers);
       if (g !== undefined) return `low chunks: ${g}`;
     }
     for (const [lo, hi, what] of [
