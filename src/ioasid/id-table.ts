@@ -131,7 +131,7 @@ export class Chunk {
    * Records (only when the table keeps them). `own` is the compact record above, for every
    * present ID; an absent ID's is whatever its last owner left (a removal does not clear it, so
    * a free touches no line of this 2 MiB array; insert clears it), and every reader tests
-   * presence first, or a bit of `simple`, which a removal does clear. `rec` holds the full record, two int32 per ID [meta, users] with
+   * presence first. `rec` holds the full record, two int32 per ID [meta, users] with
    * meta = (set + 1) << 3 | HAS_SPID << 2 | state, and is read only where `own` lacks SIMPLE; it
    * is made the first time such a record exists. SPIDs and private data live in arrays made on
    * first use too, so a table whose IDs carry neither costs no JS array at all (allocating and
@@ -864,9 +864,9 @@ export class IdTable implements GroupState, PrivHolder {
     }
     if (this.records) {
       // Drop the reference now (the kernel frees the record). `rec` may keep stale words: it is
-      // read only for present IDs whose `own` lacks SIMPLE, and initRecord rewrites it.
-      // Through the bitmap, not a read of own[off]: that would be the one cache miss of a free.
-      // `own` stays as it is: see Chunk.own.
+      // read only for present IDs whose `own` lacks SIMPLE, and initRecord rewrites it; `own`
+      // stays as it is (see Chunk.own). SIMPLE or not is the bitmap's word, not a read of
+      // own[off]: that would be a cache miss more.
       if ((ch.simple[w]! & (1 << (off & 31))) !== 0) ch.dropSimple(off);
       else ch.grp.nonSimple--;
       ch.clearPriv(off);
