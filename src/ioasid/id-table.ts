@@ -654,7 +654,17 @@ export class IdTable implements GroupState, PrivHolder {
       if (this.nonSimple !== 0 && (this.lowSimple[w]! & bit) === 0) return false;
     } else if (this.lowOwn[id] !== own) return false;
     l0[w] = was & ~bit;
-    if (was === -1) this.lowWordNotFull(w);
+    if (was === -1) {
+      // The word was full (in a churn, nearly always): clear the bits above it, as the C
+      // reference does, here rather than in a call.
+      const ci = w >>> 10;
+      const j = (w >>> 5) & 31;
+      const l1 = this.lowL1;
+      const b1 = ci * L1_STRIDE;
+      l1[b1 + j]! &= ~(1 << (w & 31));
+      l1[b1 + L1_WORDS]! &= ~(1 << j);
+      this.full[ci >>> 5]! &= ~(1 << (ci & 31));
+    }
     const n = this.simpleCount - 1;
     this.simpleCount = n;
     this.simpleOwner = n === 0 ? 0 : this.simpleOwner;
@@ -676,17 +686,6 @@ export class IdTable implements GroupState, PrivHolder {
     } else if (ch.own[off] !== own) return false;
     this.remove(ch, id);
     return true;
-  }
-
-  /** Low l0 word w, which was all ones, lost a bit: as the C reference, clear the bits above it. */
-  private lowWordNotFull(w: number): void {
-    const ci = w >>> 10;
-    const j = (w >>> 5) & 31;
-    const b = ci * L1_STRIDE;
-    const l1 = this.lowL1;
-    l1[b + j]! &= ~(1 << (w & 31));
-    l1[b + L1_WORDS]! &= ~(1 << j);
-    this.full[ci >>> 5]! &= ~(1 << (ci & 31));
   }
 
   /**
