@@ -18,7 +18,7 @@ import {
   show,
   toJsonValue,
 } from '../scenario/index.ts';
-import { parseWireTarget, SyncWireClient } from '../server/sync-client.ts';
+import { PasidkitSyncClient } from '../server/sync-client.ts';
 import { colour, progress, progressDone } from './output.ts';
 import { cmdServe } from './serve.ts';
 
@@ -184,7 +184,7 @@ function cmdRun(args: string[]): number {
   if (typeof values['connect'] === 'string') {
     // Refuse at once, rather than failing every family-4 step of every file.
     try {
-      new SyncWireClient(parseWireTarget(values['connect'])).close();
+      new PasidkitSyncClient(values['connect']).end();
     } catch (e) {
       throw new UsageFailure(`run: ${(e as Error).message}`);
     }

@@ -55,6 +55,7 @@ export const ERRNO = {
   EADDRINUSE: 98,
   ECONNRESET: 104,
   ETIMEDOUT: 110,
+  ECONNREFUSED: 111,
   EDQUOT: 122,
   ENOTSUPP: 524,
 } as const;

@@ -75,7 +75,7 @@ import {
   UAPI_CONSTANTS,
   type UapiObject,
 } from '../iommufd/uapi/index.ts';
-import { parseWireTarget, SyncWireClient } from '../server/sync-client.ts';
+import { PasidkitSyncClient } from '../server/sync-client.ts';
 import { parseHexBytes, toHex } from './ops-hw.ts';
 import { LocalProcess, RemoteProcess, type ScenarioProcess } from './process-target.ts';
 import {
@@ -130,7 +130,7 @@ function fileState(ctx: StepContext): FileState {
     // Under `pasidkit run --connect`, the process is a connection to that server's host.
     const proc: ScenarioProcess =
       sctx.connect !== undefined
-        ? new RemoteProcess(new SyncWireClient(parseWireTarget(sctx.connect)))
+        ? new RemoteProcess(new PasidkitSyncClient(sctx.connect))
         : new LocalProcess(ctx.machine.iommufd.spawn());
     // exit(2) when the file ends: every descriptor closed (every iommufd object destroyed,
     // every pin released), the mm torn down.

@@ -6,8 +6,8 @@
 import { type KernelError, kerr } from '../core/errno.ts';
 import { type IoctlResult, ioctl, ioctlValue } from '../iommufd/engine.ts';
 import type { Process } from '../iommufd/process.ts';
-import { OP } from '../server/protocol.ts';
-import { type SyncWireClient, wireError } from '../server/sync-client.ts';
+import { OP, wireFailure } from '../server/protocol.ts';
+import type { PasidkitSyncClient } from '../server/sync-client.ts';
 
 export interface ScenarioProcess {
   open(path: string): number | KernelError;
@@ -95,13 +95,13 @@ function u64le(...vals: (number | bigint)[]): Uint8Array {
 
 /** A process on a `pasidkit serve` host: one connection, each call one frame. */
 export class RemoteProcess implements ScenarioProcess {
-  private readonly c: SyncWireClient;
-  constructor(client: SyncWireClient) {
+  private readonly c: PasidkitSyncClient;
+  constructor(client: PasidkitSyncClient) {
     this.c = client;
   }
   private num(op: number, fd: number, payload: Uint8Array, what: string): number | KernelError {
     const r = this.c.call(op, fd, payload);
-    return r.ret < 0 ? wireError(r.ret, what) : r.ret;
+    return r.ret < 0 ? wireFailure(what, r.ret) : r.ret;
   }
   private none(op: number, fd: number, payload: Uint8Array, what: string): KernelError | undefined {
     const r = this.num(op, fd, payload, what);
@@ -132,7 +132,7 @@ export class RemoteProcess implements ScenarioProcess {
     dv.setBigUint64(0, BigInt(va), true);
     dv.setUint32(8, length, true);
     const r = this.c.call(OP.PEEK, -1, p);
-    return r.ret < 0 ? wireError(r.ret, 'peek') : r.payload;
+    return r.ret < 0 ? wireFailure('peek', r.ret) : r.payload;
   }
   poke(va: number, bytes: Uint8Array) {
     const p = new Uint8Array(8 + bytes.length);
@@ -144,7 +144,7 @@ export class RemoteProcess implements ScenarioProcess {
     const p = new Uint8Array(4);
     new DataView(p.buffer).setUint32(0, count, true);
     const r = this.c.call(OP.READ, fd, p);
-    return r.ret < 0 ? wireError(r.ret, 'read') : r.payload;
+    return r.ret < 0 ? wireFailure('read', r.ret) : r.payload;
   }
   write(fd: number, bytes: Uint8Array) {
     return this.num(OP.WRITE, fd, bytes, 'write');
@@ -165,7 +165,9 @@ export class RemoteProcess implements ScenarioProcess {
     p.set(arg, 4);
     const r = this.c.call(OP.IOCTL, fd, p);
     const out = r.payload.length === arg.length ? r.payload : arg;
-    return r.ret < 0 ? { ret: r.ret, arg: out, error: wireError(r.ret, 'ioctl') } : { ret: r.ret, arg: out };
+    return r.ret < 0
+      ? { ret: r.ret, arg: out, error: wireFailure('ioctl', r.ret) }
+      : { ret: r.ret, arg: out };
   }
   ioctlValue(fd: number, request: number, raw: bigint): IoctlResult {
     const p = new Uint8Array(12);
@@ -174,10 +176,10 @@ export class RemoteProcess implements ScenarioProcess {
     dv.setBigUint64(4, raw, true);
     const r = this.c.call(OP.IOCTL_VALUE, fd, p);
     return r.ret < 0
-      ? { ret: r.ret, arg: new Uint8Array(0), error: wireError(r.ret, 'ioctl') }
+      ? { ret: r.ret, arg: new Uint8Array(0), error: wireFailure('ioctl', r.ret) }
       : { ret: r.ret, arg: new Uint8Array(0) };
   }
   exit() {
-    this.c.close();
+    this.c.end();
   }
 }

@@ -1,10 +1,15 @@
 // The client side of the wire benchmarks (../shared/bench/WORKLOADS.md `wire-rtt`,
 // `wire-pipelined`), run by src/server/bench.ts in a process of its own, as the workloads
-// require. It drives the project's own client (client.ts) and prints one JSON line with the
-// timed figure: {"ops":N,"seconds":S}. Each run is preceded by an untimed warm-up.
+// require. It drives the project's own clients and prints one JSON line with the timed figure:
+// {"ops":N,"seconds":S}. Each run is preceded by an untimed warm-up.
 //
 //   node --import tsx src/server/bench-client.ts rtt SOCKET ITERATIONS WARMUP 1 1 [ioas|null]
+//   node --import tsx src/server/bench-client.ts rtt-async SOCKET ITERATIONS WARMUP 1 1 [ioas|null]
 //   node --import tsx src/server/bench-client.ts pipelined SOCKET ITERATIONS WARMUP CLIENTS INFLIGHT [ioas|null]
+//
+// `rtt` uses the synchronous client (sync-client.ts), the one made for one request in flight;
+// `rtt-async` the same loop on the pipelined client (client.ts), awaiting each reply; and
+// `pipelined` the pipelined client with INFLIGHT requests outstanding per connection.
 //
 // One iteration is IOMMU_IOAS_ALLOC then IOMMU_DESTROY of the new IOAS: two operations. With
 // `null` it is two VFIO_GET_API_VERSION calls instead, ioctls that do next to nothing: the
@@ -12,6 +17,7 @@
 
 import { IOCTLS } from '../iommufd/uapi/index.ts';
 import { PasidkitClient } from './client.ts';
+import { PasidkitSyncClient } from './sync-client.ts';
 
 /**
  * `inflight` workers share `n` iterations; each has one request outstanding at a time. The
@@ -47,15 +53,37 @@ function drive(
 
 const GET_API_VERSION = IOCTLS.VFIO_GET_API_VERSION.cmd;
 
+/** The `rtt` loop on the synchronous client: each call returns with its answer. */
+function driveSync(c: PasidkitSyncClient, fd: number, n: number, op: 'ioas' | 'null'): void {
+  if (op === 'ioas') for (let i = 0; i < n; i++) c.destroy(fd, c.ioasAlloc(fd));
+  else
+    for (let i = 0; i < n; i++) {
+      c.ioctlValue(fd, GET_API_VERSION, 0);
+      c.ioctlValue(fd, GET_API_VERSION, 0);
+    }
+}
+
+function runSync(socket: string, iterations: number, warmup: number, op: 'ioas' | 'null'): void {
+  const c = new PasidkitSyncClient(socket);
+  const fd = c.open('/dev/iommu');
+  driveSync(c, fd, warmup, op);
+  const t0 = performance.now();
+  driveSync(c, fd, iterations, op);
+  const seconds = (performance.now() - t0) / 1000;
+  c.end();
+  process.stdout.write(`${JSON.stringify({ ops: 2 * iterations, seconds })}\n`);
+}
+
 async function main(argv: string[]): Promise<void> {
   const [mode, socket, itersArg, warmArg, clientsArg, inflightArg, opArg] = argv;
   const iterations = Number(itersArg);
   const warmup = Number(warmArg);
-  const nClients = mode === 'rtt' ? 1 : Number(clientsArg);
-  const inflight = mode === 'rtt' ? 1 : Number(inflightArg);
+  const rtt = mode === 'rtt' || mode === 'rtt-async';
+  const nClients = rtt ? 1 : Number(clientsArg);
+  const inflight = rtt ? 1 : Number(inflightArg);
   const op = opArg ?? 'ioas';
   if (
-    (mode !== 'rtt' && mode !== 'pipelined') ||
+    (!rtt && mode !== 'pipelined') ||
     !socket ||
     !(iterations > 0) ||
     !(warmup >= 0) ||
@@ -63,8 +91,9 @@ async function main(argv: string[]): Promise<void> {
     (op !== 'ioas' && op !== 'null')
   )
     throw new Error(
-      'usage: bench-client.ts rtt|pipelined SOCKET ITERATIONS WARMUP CLIENTS INFLIGHT [ioas|null]',
+      'usage: bench-client.ts rtt|rtt-async|pipelined SOCKET ITERATIONS WARMUP CLIENTS INFLIGHT [ioas|null]',
     );
+  if (mode === 'rtt') return runSync(socket, iterations, warmup, op);
   const clients = await Promise.all(Array.from({ length: nClients }, () => PasidkitClient.connect(socket)));
   const fds = await Promise.all(clients.map((c) => c.open('/dev/iommu')));
   const run = (n: number) => Promise.all(clients.map((c, i) => drive(c, fds[i]!, n, inflight, op)));

@@ -11,6 +11,7 @@ test('wire-rtt and wire-pipelined at a small size, and the Redis anchor line', {
 }, async () => {
   const rtt = await benchWireRtt({ iterations: 300, warmup: 10, rounds: 2, anchor: false });
   assert.ok((rtt['wireOnlyUsPerOp'] as number) > 0);
+  assert.ok((rtt['asyncUsPerOp'] as number) > 0);
   assert.equal(rtt.workload, 'wire-rtt');
   assert.equal(rtt.ops, 600);
   assert.ok(rtt.seconds! > 0 && rtt.opsPerSec! > 0 && rtt.usPerOp! > 0);

@@ -2,7 +2,8 @@
 // Unix socket in this process, the project's own client (bench-client.ts) in a process of its
 // own; one iteration is IOMMU_IOAS_ALLOC then IOMMU_DESTROY of it (two operations).
 //
-//   wire-rtt        one client, one request in flight, 100,000 iterations (200,000 ops)
+//   wire-rtt        one client, one request in flight, 100,000 iterations (200,000 ops): the
+//                   synchronous client, and for comparison the pipelined one awaiting each reply
 //   wire-pipelined  8 clients at once, each with up to 32 requests in flight, 100,000
 //                   iterations each (200,000 ops each, 1,600,000 in all); the 8 connections
 //                   share one client process, so that on a small machine the figure measures
@@ -218,40 +219,57 @@ export async function benchWireRttRedis(
  * wire-rtt, with its anchor measured in the same run. The shared machines' load drifts by the
  * second, so the 100,000 timed iterations run in `rounds` parts, each right after a Redis part
  * of as many requests as that part has operations; both figures are the sums of their parts
- * (each client part is a fresh client process that warms up untimed first). The line carries
- * the ratio of the per-operation latencies (the target is at most 1.2), and `wireOnlyUsPerOp`,
- * the same loop with ioctls that do next to nothing: the wire layer without the engine.
+ * (each client part is a fresh client process that warms up untimed first). The client is the
+ * synchronous one (sync-client.ts), the project's client for one request in flight. The line
+ * carries the ratio of the per-operation latencies (the target is at most 1.2);
+ * `asyncUsPerOp` and `asyncRatioToRedis`, the same loop on the pipelined client awaiting each
+ * reply, measured in the same rounds; and `wireOnlyUsPerOp`, the synchronous loop with ioctls
+ * that do next to nothing: the wire layer without the engine.
  */
 export async function benchWireRtt(
-  opts: { iterations?: number; warmup?: number; rounds?: number; anchor?: boolean; wireOnly?: boolean } = {},
+  opts: {
+    iterations?: number;
+    warmup?: number;
+    rounds?: number;
+    anchor?: boolean;
+    wireOnly?: boolean;
+    async?: boolean;
+  } = {},
 ): Promise<WireBenchResult> {
   const iterations = opts.iterations ?? 100_000;
   const warmup = opts.warmup ?? 5_000;
   const rounds = Math.max(1, Math.min(opts.rounds ?? 10, iterations));
+  const withAsync = opts.async ?? true;
   redisLine = null;
   const anchor = opts.anchor ?? true;
   const body = (sock: string | null, missing: string) =>
     withServer(async (path) => {
-      let ours = { ops: 0, seconds: 0 };
+      const ours = { ops: 0, seconds: 0 };
+      const async_ = { ops: 0, seconds: 0 };
       const redis = { ops: 0, seconds: 0 };
+      const add = (to: { ops: number; seconds: number }, r: { ops: number; seconds: number }) => {
+        to.ops += r.ops;
+        to.seconds += r.seconds;
+      };
       for (let i = 0; i < rounds; i++) {
         const n = Math.floor(iterations / rounds) + (i < iterations % rounds ? 1 : 0);
-        if (sock !== null) {
-          redis.seconds += redisPing(sock, 2 * n);
-          redis.ops += 2 * n;
-        }
-        const r = await runClient(['rtt', path, String(n), String(warmup), '1', '1', 'ioas']);
-        ours = { ops: ours.ops + r.ops, seconds: ours.seconds + r.seconds };
+        if (sock !== null) add(redis, { ops: 2 * n, seconds: redisPing(sock, 2 * n) });
+        add(ours, await runClient(['rtt', path, String(n), String(warmup), '1', '1', 'ioas']));
+        if (withAsync)
+          add(async_, await runClient(['rtt-async', path, String(n), String(warmup), '1', '1', 'ioas']));
       }
+      const perOp = (r: { ops: number; seconds: number }) => r.seconds / r.ops;
       const extra: Record<string, unknown> = {};
+      if (withAsync) extra['asyncUsPerOp'] = Number((perOp(async_) * 1e6).toFixed(2));
       if (opts.wireOnly ?? true) {
         const base = await runClient(['rtt', path, String(iterations), String(warmup), '1', '1', 'null']);
-        extra['wireOnlyUsPerOp'] = Number(((base.seconds * 1e6) / base.ops).toFixed(2));
+        extra['wireOnlyUsPerOp'] = Number((perOp(base) * 1e6).toFixed(2));
       }
       if (sock !== null) {
         redisLine = line('wire-rtt', redis.ops, redis.seconds, { impl: 'redis-ping' });
         extra['redisUsPerOp'] = redisLine.usPerOp;
-        extra['ratioToRedis'] = Number((ours.seconds / ours.ops / (redis.seconds / redis.ops)).toFixed(3));
+        extra['ratioToRedis'] = Number((perOp(ours) / perOp(redis)).toFixed(3));
+        if (withAsync) extra['asyncRatioToRedis'] = Number((perOp(async_) / perOp(redis)).toFixed(3));
       } else if (anchor) redisLine = skippedAnchor(missing);
       return line('wire-rtt', ours.ops, ours.seconds, { ...extra, rounds });
     });

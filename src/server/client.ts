@@ -13,7 +13,7 @@
 // with mmap and filled with poke), exactly as a C program passes pointers into its own memory.
 
 import net from 'node:net';
-import { type ErrnoName, errnoName, KernelError, UsageError } from '../core/errno.ts';
+import { type ErrnoName, KernelError, UsageError } from '../core/errno.ts';
 import {
   build,
   type DecodedStruct,
@@ -40,6 +40,8 @@ import {
   REQUEST_HEADER,
   RESPONSE_HEADER,
   readI64,
+  wireCode,
+  wireFailure,
   writeI64,
 } from './protocol.ts';
 
@@ -65,15 +67,8 @@ export class IoctlError extends KernelError {
   }
 }
 
-function errnoCode(ret: number): ErrnoName {
-  return errnoName(-ret) ?? 'EIO';
-}
-
-function failure(what: string, ret: number): KernelError {
-  const code = errnoCode(ret);
-  const known = errnoName(-ret) !== undefined;
-  return new KernelError(code, `${what}${known ? '' : ` (errno ${-ret})`}`);
-}
+const errnoCode = wireCode;
+const failure = wireFailure;
 
 // What a reply resolves its promise with, decided when the request is made: the hot typed
 // calls get their result straight out of the receive buffer, with no reply object, no payload

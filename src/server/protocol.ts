@@ -7,6 +7,8 @@
 // Both the server (server.ts) and the TypeScript client (client.ts) encode and decode frames
 // with these helpers directly in Node Buffers, so that no frame costs an object per field.
 
+import { type ErrnoName, errnoName, KernelError } from '../core/errno.ts';
+
 /** The operations of WIRE.md's table, by name. */
 export const OP = {
   OPEN: 1,
@@ -49,6 +51,16 @@ export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
 
 const TWO32 = 2 ** 32;
+
+/** The errno name of a wire `ret` (-errno); EIO for a number Linux has no name for here. */
+export function wireCode(ret: number): ErrnoName {
+  return errnoName(-ret) ?? 'EIO';
+}
+
+/** A call that came back with `ret` < 0 as a KernelError (the number, when it has no name here). */
+export function wireFailure(what: string, ret: number): KernelError {
+  return new KernelError(wireCode(ret), errnoName(-ret) !== undefined ? what : `${what} (errno ${-ret})`);
+}
 
 /**
  * A u64 at `off` as a number, or NaN when it is above Number.MAX_SAFE_INTEGER (2^53 - 1): the
