@@ -22,7 +22,6 @@ import {
   IOMMUFD_ENUMS,
   IOMMUFD_TEST_ENUMS,
   type IoctlName,
-  offsetof,
   STRUCTS,
   type StructDef,
   type TEST_CMD_UNION,
@@ -30,13 +29,24 @@ import {
   VFIO_ENUMS,
 } from '../iommufd/uapi/index.ts';
 import {
+  DESTROY_PAYLOAD,
+  IOAS_ALLOC_PAYLOAD,
+  IOCTL_VALUE_PAYLOAD,
+  ioctlValueArg,
   MAP_ANONYMOUS,
   MAP_PRIVATE,
   MIN_LENGTH,
+  MMAP_PAYLOAD,
   OP,
+  OUT_IOAS_ID,
   PROT_READ,
   PROT_WRITE,
   PrefixViews,
+  putDestroy,
+  putIoasAlloc,
+  putIoctl,
+  putIoctlValue,
+  putMmap,
   REQUEST_HEADER,
   RESPONSE_HEADER,
   readI64,
@@ -417,8 +427,7 @@ export class PasidkitClient {
   /** ioctl(2) with a pointer to `arg`; resolves with the bytes as the kernel left them. */
   async ioctl(fd: number, request: number, arg: Uint8Array): Promise<IoctlReply> {
     const at = this.begin(OP.IOCTL, fd, 4 + arg.length);
-    this.out.writeUInt32LE(request >>> 0, at);
-    this.out.set(arg, at + 4);
+    putIoctl(this.out, at, request, arg);
     const r = await this.send<WireReply>(K_RAW, fd, 0);
     if (r.ret < 0) {
       const code = errnoCode(r.ret);
@@ -430,24 +439,16 @@ export class PasidkitClient {
   /** ioctl(2) answered as it came, without an exception for -errno. */
   async ioctlRaw(fd: number, request: number, arg: Uint8Array): Promise<{ ret: number; arg: Buffer }> {
     const at = this.begin(OP.IOCTL, fd, 4 + arg.length);
-    this.out.writeUInt32LE(request >>> 0, at);
-    this.out.set(arg, at + 4);
+    putIoctl(this.out, at, request, arg);
     const r = await this.send<WireReply>(K_RAW, fd, 0);
     return { ret: r.ret, arg: r.payload };
   }
 
   /** ioctl(2) with a raw argument: an integer, 0 (no argument) or a VA in this process. */
   ioctlValue(fd: number, request: number, raw: bigint | number = 0): Promise<number> {
-    // Checked before the frame is reserved, as BigInt() throws for a value that is no integer.
-    const v = typeof raw === 'number' && raw >= 0 && raw <= 0xffffffff && Number.isInteger(raw) ? raw : null;
-    const big = v === null ? BigInt.asUintN(64, BigInt(raw)) : 0n;
-    const at = this.begin(OP.IOCTL_VALUE, fd, 12);
-    const o = this.out;
-    o.writeUInt32LE(request >>> 0, at);
-    if (v !== null) {
-      o.writeUInt32LE(v, at + 4);
-      o.writeUInt32LE(0, at + 8);
-    } else o.writeBigUInt64LE(big, at + 4);
+    const arg = ioctlValueArg(raw);
+    const at = this.begin(OP.IOCTL_VALUE, fd, IOCTL_VALUE_PAYLOAD);
+    putIoctlValue(this.out, at, request, arg);
     return this.send<number>(K_VALUE, fd, request >>> 0);
   }
 
@@ -459,12 +460,8 @@ export class PasidkitClient {
     fd = -1,
     offset = 0,
   ): Promise<number> {
-    const at = this.begin(OP.MMAP, fd, 24);
-    const o = this.out;
-    writeI64(o, length, at);
-    o.writeUInt32LE(prot >>> 0, at + 8);
-    o.writeUInt32LE(flags >>> 0, at + 12);
-    writeI64(o, offset, at + 16);
+    const at = this.begin(OP.MMAP, fd, MMAP_PAYLOAD);
+    putMmap(this.out, at, length, prot, flags, offset);
     return this.send<WireReply>(K_RAW, fd, 0).then((r) => {
       if (r.ret < 0) throw failure(`mmap of ${length} bytes`, r.ret);
       return r.ret;
@@ -553,10 +550,9 @@ export class PasidkitClient {
     // Not an async function (one promise per call, not two), so a bad argument is turned into
     // a rejection by hand, as an async function would.
     try {
-      const at = this.begin(OP.IOCTL, fd, 4 + IOAS_ALLOC_ARG.length);
-      this.out.writeUInt32LE(IOAS_ALLOC_CMD, at);
-      this.out.set(IOAS_ALLOC_ARG, at + 4);
-      return this.send<number>(K_IOAS_ALLOC, fd, IOAS_ALLOC_CMD);
+      const at = this.begin(OP.IOCTL, fd, IOAS_ALLOC_PAYLOAD);
+      putIoasAlloc(this.out, at);
+      return this.send<number>(K_IOAS_ALLOC, fd, IOCTLS.IOMMU_IOAS_ALLOC.cmd);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -565,11 +561,8 @@ export class PasidkitClient {
   /** IOMMU_DESTROY of any object ID. */
   destroy(fd: number, id: number): Promise<void> {
     try {
-      const at = this.begin(OP.IOCTL, fd, 4 + DESTROY_SIZE);
-      const o = this.out;
-      o.writeUInt32LE(DESTROY_CMD, at);
-      o.writeUInt32LE(DESTROY_SIZE, at + 4);
-      o.writeUInt32LE(id >>> 0, at + 4 + DESTROY_ID);
+      const at = this.begin(OP.IOCTL, fd, DESTROY_PAYLOAD);
+      putDestroy(this.out, at, id);
       return this.send<void>(K_DESTROY, fd, id);
     } catch (e) {
       return Promise.reject(e);
@@ -874,15 +867,6 @@ const MAP_FIXED_IOVA = IOMMUFD_ENUMS.IOMMU_IOAS_MAP_FIXED_IOVA;
 const MAP_WRITEABLE = IOMMUFD_ENUMS.IOMMU_IOAS_MAP_WRITEABLE;
 const MAP_READABLE = IOMMUFD_ENUMS.IOMMU_IOAS_MAP_READABLE;
 const VFIO_DEVICE_ATTACH_PASID = VFIO_ENUMS.VFIO_DEVICE_ATTACH_PASID;
-const DESTROY_ID = offsetof(STRUCTS.iommu_destroy, 'id');
-
-const DESTROY_SIZE = STRUCTS.iommu_destroy.size;
-const DESTROY_CMD = IOCTLS.IOMMU_DESTROY.cmd;
-
-/** The IOAS_ALLOC argument never changes: built once with the codec. */
-const IOAS_ALLOC_ARG = build(STRUCTS.iommu_ioas_alloc);
-const IOAS_ALLOC_CMD = IOCTLS.IOMMU_IOAS_ALLOC.cmd;
-const OUT_IOAS_ID = offsetof(STRUCTS.iommu_ioas_alloc, 'out_ioas_id');
 
 /** A reply payload as a Buffer of its own (the receive buffer is reused). */
 function copyOut(b: Buffer, p: number, plen: number): Buffer {

@@ -8,6 +8,7 @@
 // with these helpers directly in Node Buffers, so that no frame costs an object per field.
 
 import { type ErrnoName, errnoName, KernelError } from '../core/errno.ts';
+import { build, IOCTLS, offsetof, STRUCTS } from '../iommufd/uapi/index.ts';
 
 /** The operations of WIRE.md's table, by name. */
 export const OP = {
@@ -109,4 +110,75 @@ export class PrefixViews {
     if (v === undefined) v = this.views[n] = buf.subarray(0, n);
     return v;
   }
+}
+
+// ---- request payloads that both clients write in place ------------------------------------
+
+/** IOCTL_VALUE's payload: u32 request | u64 raw argument. */
+export const IOCTL_VALUE_PAYLOAD = 12;
+/** MMAP's payload: u64 length | u32 prot | u32 flags | u64 offset. */
+export const MMAP_PAYLOAD = 24;
+
+/**
+ * An ioctl's raw argument as IOCTL_VALUE carries it: a u32 stays a number, anything else
+ * becomes a u64 (BigInt throws here, before a frame is begun, for a value that is no integer).
+ */
+export function ioctlValueArg(raw: bigint | number): number | bigint {
+  return typeof raw === 'number' && raw >= 0 && raw <= 0xffffffff && Number.isInteger(raw)
+    ? raw
+    : BigInt.asUintN(64, BigInt(raw));
+}
+
+export function putIoctlValue(b: Buffer, at: number, request: number, arg: number | bigint): void {
+  b.writeUInt32LE(request >>> 0, at);
+  if (typeof arg === 'number') {
+    b.writeUInt32LE(arg, at + 4);
+    b.writeUInt32LE(0, at + 8);
+  } else b.writeBigUInt64LE(arg, at + 4);
+}
+
+export function putMmap(
+  b: Buffer,
+  at: number,
+  length: number,
+  prot: number,
+  flags: number,
+  offset: number,
+): void {
+  writeI64(b, length, at);
+  b.writeUInt32LE(prot >>> 0, at + 8);
+  b.writeUInt32LE(flags >>> 0, at + 12);
+  writeI64(b, offset, at + 16);
+}
+
+/** IOCTL's payload: u32 request | the argument bytes. */
+export function putIoctl(b: Buffer, at: number, request: number, arg: Uint8Array): void {
+  b.writeUInt32LE(request >>> 0, at);
+  b.set(arg, at + 4);
+}
+
+// The two ioctls of the wire-rtt loop have their own writers: their arguments never change
+// but for the ID, so they are built once and patched.
+const IOAS_ALLOC_ARG = build(STRUCTS.iommu_ioas_alloc);
+const IOAS_ALLOC_CMD = IOCTLS.IOMMU_IOAS_ALLOC.cmd;
+const DESTROY_ID = offsetof(STRUCTS.iommu_destroy, 'id');
+const DESTROY_SIZE = STRUCTS.iommu_destroy.size;
+const DESTROY_CMD = IOCTLS.IOMMU_DESTROY.cmd;
+
+/** IOCTL's payload for IOMMU_IOAS_ALLOC. */
+export const IOAS_ALLOC_PAYLOAD = 4 + IOAS_ALLOC_ARG.length;
+/** Where the new ID is in IOMMU_IOAS_ALLOC's reply payload (the written-back struct). */
+export const OUT_IOAS_ID = offsetof(STRUCTS.iommu_ioas_alloc, 'out_ioas_id');
+
+export function putIoasAlloc(b: Buffer, at: number): void {
+  putIoctl(b, at, IOAS_ALLOC_CMD, IOAS_ALLOC_ARG);
+}
+
+/** IOCTL's payload for IOMMU_DESTROY. */
+export const DESTROY_PAYLOAD = 4 + DESTROY_SIZE;
+
+export function putDestroy(b: Buffer, at: number, id: number): void {
+  b.writeUInt32LE(DESTROY_CMD, at);
+  b.writeUInt32LE(DESTROY_SIZE, at + 4);
+  b.writeUInt32LE(id >>> 0, at + 4 + DESTROY_ID);
 }

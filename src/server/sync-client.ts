@@ -25,21 +25,29 @@ import {
   decode,
   IOCTLS,
   type IoctlName,
-  offsetof,
-  STRUCTS,
   type StructDef,
   type UapiObject,
 } from '../iommufd/uapi/index.ts';
 import { IoctlError, parseTarget } from './client.ts';
 import {
+  DESTROY_PAYLOAD,
+  IOAS_ALLOC_PAYLOAD,
+  IOCTL_VALUE_PAYLOAD,
+  ioctlValueArg,
   MIN_LENGTH,
+  MMAP_PAYLOAD,
   OP,
+  OUT_IOAS_ID,
+  putDestroy,
+  putIoasAlloc,
+  putIoctl,
+  putIoctlValue,
+  putMmap,
   REQUEST_HEADER,
   RESPONSE_HEADER,
   readI64,
   wireCode,
   wireFailure,
-  writeI64,
 } from './protocol.ts';
 
 // States of ctl[0], the handshake with the worker; ctl[1] is the descriptor once CONNECTED.
@@ -239,8 +247,7 @@ export class PasidkitSyncClient {
   /** ioctl(2) with a pointer to `arg`; returns the bytes as the kernel left them. */
   ioctl(fd: number, request: number, arg: Uint8Array): { ret: number; arg: Buffer } {
     const at = this.begin(OP.IOCTL, fd, 4 + arg.length);
-    this.out.writeUInt32LE(request >>> 0, at);
-    this.out.set(arg, at + 4);
+    putIoctl(this.out, at, request, arg);
     const len = this.exchange(4 + arg.length);
     const ret = readI64(this.in, 8);
     const out = this.payloadOf(len);
@@ -251,16 +258,10 @@ export class PasidkitSyncClient {
 
   /** ioctl(2) with a raw argument: an integer, 0 (no argument) or a VA in this process. */
   ioctlValue(fd: number, request: number, raw: bigint | number = 0): number {
-    const v = typeof raw === 'number' && raw >= 0 && raw <= 0xffffffff && Number.isInteger(raw) ? raw : null;
-    const big = v === null ? BigInt.asUintN(64, BigInt(raw)) : 0n;
-    const at = this.begin(OP.IOCTL_VALUE, fd, 12);
-    const o = this.out;
-    o.writeUInt32LE(request >>> 0, at);
-    if (v !== null) {
-      o.writeUInt32LE(v, at + 4);
-      o.writeUInt32LE(0, at + 8);
-    } else o.writeBigUInt64LE(big, at + 4);
-    this.exchange(12);
+    const arg = ioctlValueArg(raw);
+    const at = this.begin(OP.IOCTL_VALUE, fd, IOCTL_VALUE_PAYLOAD);
+    putIoctlValue(this.out, at, request, arg);
+    this.exchange(IOCTL_VALUE_PAYLOAD);
     const ret = readI64(this.in, 8);
     if (ret < 0) throw wireFailure(`ioctl 0x${(request >>> 0).toString(16)} on fd ${fd}`, ret);
     return ret;
@@ -268,12 +269,9 @@ export class PasidkitSyncClient {
 
   /** mmap(2) at an address the kernel picks; returns the VA. */
   mmap(length: number, prot: number, flags: number, fd = -1, offset = 0): number {
-    const at = this.begin(OP.MMAP, fd, 24);
-    writeI64(this.out, length, at);
-    this.out.writeUInt32LE(prot >>> 0, at + 8);
-    this.out.writeUInt32LE(flags >>> 0, at + 12);
-    writeI64(this.out, offset, at + 16);
-    this.exchange(24);
+    const at = this.begin(OP.MMAP, fd, MMAP_PAYLOAD);
+    putMmap(this.out, at, length, prot, flags, offset);
+    this.exchange(MMAP_PAYLOAD);
     const ret = readI64(this.in, 8);
     if (ret < 0) throw wireFailure(`mmap of ${length} bytes`, ret);
     return ret;
@@ -295,8 +293,7 @@ export class PasidkitSyncClient {
     if (s === null) throw new UsageError(`${name} takes an integer argument: use ioctlValue`);
     const arg = build(s, fields);
     const at = this.begin(OP.IOCTL, fd, 4 + arg.length);
-    this.out.writeUInt32LE(def.cmd >>> 0, at);
-    this.out.set(arg, at + 4);
+    putIoctl(this.out, at, def.cmd, arg);
     const len = this.exchange(4 + arg.length);
     const ret = readI64(this.in, 8);
     if (ret < 0) throw new IoctlError(wireCode(ret), `${name} on fd ${fd}`, this.payloadOf(len));
@@ -305,10 +302,9 @@ export class PasidkitSyncClient {
 
   /** IOMMU_IOAS_ALLOC: a new IOAS; returns its ID. */
   ioasAlloc(fd: number): number {
-    const at = this.begin(OP.IOCTL, fd, 4 + IOAS_ALLOC_ARG.length);
-    this.out.writeUInt32LE(IOAS_ALLOC_CMD, at);
-    this.out.set(IOAS_ALLOC_ARG, at + 4);
-    const len = this.exchange(4 + IOAS_ALLOC_ARG.length);
+    const at = this.begin(OP.IOCTL, fd, IOAS_ALLOC_PAYLOAD);
+    putIoasAlloc(this.out, at);
+    const len = this.exchange(IOAS_ALLOC_PAYLOAD);
     const ret = readI64(this.in, 8);
     if (ret < 0) throw new IoctlError(wireCode(ret), `IOMMU_IOAS_ALLOC on fd ${fd}`, this.payloadOf(len));
     if (len - MIN_LENGTH < OUT_IOAS_ID + 4)
@@ -318,20 +314,10 @@ export class PasidkitSyncClient {
 
   /** IOMMU_DESTROY of any object ID. */
   destroy(fd: number, id: number): void {
-    const at = this.begin(OP.IOCTL, fd, 4 + DESTROY_SIZE);
-    const o = this.out;
-    o.writeUInt32LE(DESTROY_CMD, at);
-    o.writeUInt32LE(DESTROY_SIZE, at + 4);
-    o.writeUInt32LE(id >>> 0, at + 4 + DESTROY_ID);
-    const len = this.exchange(4 + DESTROY_SIZE);
+    const at = this.begin(OP.IOCTL, fd, DESTROY_PAYLOAD);
+    putDestroy(this.out, at, id);
+    const len = this.exchange(DESTROY_PAYLOAD);
     const ret = readI64(this.in, 8);
     if (ret < 0) throw new IoctlError(wireCode(ret), `IOMMU_DESTROY of ${id}`, this.payloadOf(len));
   }
 }
-
-const DESTROY_ID = offsetof(STRUCTS.iommu_destroy, 'id');
-const DESTROY_SIZE = STRUCTS.iommu_destroy.size;
-const DESTROY_CMD = IOCTLS.IOMMU_DESTROY.cmd;
-const IOAS_ALLOC_ARG = build(STRUCTS.iommu_ioas_alloc);
-const IOAS_ALLOC_CMD = IOCTLS.IOMMU_IOAS_ALLOC.cmd;
-const OUT_IOAS_ID = offsetof(STRUCTS.iommu_ioas_alloc, 'out_ioas_id');
