@@ -98,6 +98,28 @@ const INITIAL = 4096;
 /** WIRE.md's default frame limit plus the headers: no reply of a sane server is longer. */
 const MAX_REPLY = 16 * 1024 * 1024 + 64;
 
+// A signal that interrupts the read or write (a handler installed without SA_RESTART) is not
+// the connection failing: the call is made again, as libc's callers of read(2) do.
+function readFd(fd: number, b: Buffer, off: number, len: number): number {
+  for (;;) {
+    try {
+      return readSync(fd, b, off, len, null);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EINTR') throw e;
+    }
+  }
+}
+
+function writeFd(fd: number, b: Buffer, off: number, len: number): number {
+  for (;;) {
+    try {
+      return writeSync(fd, b, off, len);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EINTR') throw e;
+    }
+  }
+}
+
 function describe(t: { path: string } | { host: string; port: number }): string {
   return 'path' in t ? t.path : `${t.host}:${t.port}`;
 }
@@ -177,11 +199,11 @@ export class PasidkitSyncClient {
     this.nextTag = (tag + 1) >>> 0;
     try {
       let sent = 0;
-      while (sent < size) sent += writeSync(this.fd, this.out, sent, size - sent);
+      while (sent < size) sent += writeFd(this.fd, this.out, sent, size - sent);
       let got = 0;
       let need = 4;
       for (;;) {
-        const n = readSync(this.fd, this.in, got, this.in.length - got, null);
+        const n = readFd(this.fd, this.in, got, this.in.length - got);
         if (n === 0) return this.lost('the pasidkit server closed the connection');
         got += n;
         if (got < 4) continue;
