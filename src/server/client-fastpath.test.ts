@@ -12,7 +12,7 @@ import fc from 'fast-check';
 import { errnoName, KernelError } from '../core/errno.ts';
 import { build, IOCTLS, STRUCTS } from '../iommufd/uapi/index.ts';
 import { IoctlError, OP, PasidkitClient } from './client.ts';
-import { startServer, stopAll, u32, u64 } from './test-utils.ts';
+import { outcome, type Step, startServer, step, stopAll, u32, u64 } from './test-utils.ts';
 
 afterEach(stopAll);
 
@@ -43,47 +43,6 @@ const ref = {
     return r.ret;
   },
 };
-
-/** A settled promise as comparable data. */
-async function outcome(p: Promise<unknown>): Promise<unknown> {
-  try {
-    return { value: await p };
-  } catch (e) {
-    if (!(e instanceof KernelError)) throw e;
-    const arg = e instanceof IoctlError ? [...e.arg] : null;
-    return { error: e.constructor.name, code: e.code, message: e.message, arg };
-  }
-}
-
-type Step =
-  | { k: 'alloc'; fd: number }
-  | { k: 'destroy'; fd: number; id: number }
-  | { k: 'value'; fd: number; request: number; raw: bigint | number };
-
-const I = IOCTLS;
-const step: fc.Arbitrary<Step> = fc.oneof(
-  fc.record({ k: fc.constant('alloc' as const), fd: fc.constantFrom(0, 0, 0, 1, 2, 9, -1) }),
-  fc.record({
-    k: fc.constant('destroy' as const),
-    fd: fc.constantFrom(0, 0, 0, 1, 2, 9),
-    id: fc.oneof(fc.nat({ max: 6 }), fc.constantFrom(0x7fffffff, 0xffffffff, -1)),
-  }),
-  fc.record({
-    k: fc.constant('value' as const),
-    fd: fc.constantFrom(0, 0, 1, 2, 9),
-    request: fc.constantFrom(
-      I.VFIO_GET_API_VERSION.cmd,
-      I.VFIO_CHECK_EXTENSION.cmd,
-      I.VFIO_SET_IOMMU.cmd,
-      I.IOMMU_DESTROY.cmd,
-      0x3b7f,
-    ),
-    raw: fc.oneof(
-      fc.constantFrom(0, 1, 8, 0xffffffff, 2 ** 32, -1),
-      fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }),
-    ),
-  }),
-);
 
 function run(c: PasidkitClient, s: Step, fast: boolean): Promise<unknown> {
   if (s.k === 'alloc') return fast ? c.ioasAlloc(s.fd) : ref.ioasAlloc(c, s.fd);
@@ -166,7 +125,7 @@ describe('client calls settled from the receive buffer', () => {
     const p = [
       c.ioasAlloc(0),
       c.destroy(0, 1),
-      c.ioctlValue(0, I.VFIO_GET_API_VERSION.cmd),
+      c.ioctlValue(0, IOCTLS.VFIO_GET_API_VERSION.cmd),
       c.call(OP.CLOSE, 5),
     ];
     c.abort();

@@ -8,12 +8,13 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import fc from 'fast-check';
 import { KernelError } from '../core/errno.ts';
 import { IOCTLS } from '../iommufd/uapi/index.ts';
-import { IoctlError } from './client.ts';
+import { IoctlError, PasidkitClient } from './client.ts';
 import { OP } from './protocol.ts';
 import { PasidkitSyncClient } from './sync-client.ts';
-import { tempDir, u64, until } from './test-utils.ts';
+import { outcome, type Step, step, tempDir, u64, until } from './test-utils.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SERVE =
@@ -126,6 +127,50 @@ describe('against pasidkit serve', () => {
     c.end();
   });
 
+  test('each call gives what the pipelined client gives: values, errnos, messages, argument bytes', async () => {
+    const sync = (c: PasidkitSyncClient, s: Step): unknown => {
+      if (s.k === 'alloc') return c.ioasAlloc(s.fd);
+      if (s.k === 'destroy') return c.destroy(s.fd, s.id);
+      return c.ioctlValue(s.fd, s.request, s.raw);
+    };
+    const pipelined = (c: PasidkitClient, s: Step): Promise<unknown> => {
+      if (s.k === 'alloc') return c.ioasAlloc(s.fd);
+      if (s.k === 'destroy') return c.destroy(s.fd, s.id);
+      return c.ioctlValue(s.fd, s.request, s.raw);
+    };
+    await fc.assert(
+      fc.asyncProperty(fc.array(step, { maxLength: 40, size: 'medium' }), async (steps) => {
+        // Two connections are two processes, each with /dev/iommu at fd 0, a VFIO device at 1
+        // and a memfd at 2, and IDs of their own.
+        const s = new PasidkitSyncClient(sock);
+        const a = await PasidkitClient.connect(sock);
+        try {
+          assert.deepEqual(
+            [
+              s.open('/dev/iommu'),
+              s.open('/dev/vfio/devices/vfio0'),
+              s.call(OP.MEMFD_CREATE, -1, Buffer.from('m')).ret,
+            ],
+            [await a.open('/dev/iommu'), await a.open('/dev/vfio/devices/vfio0'), await a.memfdCreate('m')],
+          );
+          for (const st of steps) {
+            let got: unknown;
+            try {
+              got = { value: sync(s, st) };
+            } catch (e) {
+              got = await outcome(Promise.reject(e));
+            }
+            assert.deepEqual(got, await outcome(pipelined(a, st)));
+          }
+        } finally {
+          s.end();
+          await a.end();
+        }
+      }),
+      { numRuns: 40 },
+    );
+  });
+
   test('the event loop running between calls takes nothing from the socket', async () => {
     const c = new PasidkitSyncClient(sock);
     const fd = c.open('/dev/iommu');
@@ -139,11 +184,11 @@ describe('against pasidkit serve', () => {
   });
 
   test('end() closes the connection: the server sees its process exit', async () => {
-    // 13 requests: no other connection of this suite makes as many, so its log line is ours.
-    const ours = /"event":"disconnect","conn":\d+,"pid":\d+,"reason":"eof","requests":13,/;
+    // 61 requests: no other connection of this suite makes as many, so its log line is ours.
+    const ours = /"event":"disconnect","conn":\d+,"pid":\d+,"reason":"eof","requests":61,/;
     const c = new PasidkitSyncClient(sock);
     const fd = c.open('/dev/iommu');
-    for (let i = 0; i < 12; i++) c.ioasAlloc(fd);
+    for (let i = 0; i < 60; i++) c.ioasAlloc(fd);
     await new Promise((r) => setTimeout(r, 200));
     assert.doesNotMatch(server.err(), ours);
     c.end();

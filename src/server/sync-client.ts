@@ -328,7 +328,12 @@ export class PasidkitSyncClient {
     putIoasAlloc(this.out, at);
     const len = this.exchange(IOAS_ALLOC_PAYLOAD);
     const ret = readI64(this.in, 8);
-    if (ret < 0) throw new IoctlError(wireCode(ret), `IOMMU_IOAS_ALLOC on fd ${fd}`, this.payloadOf(len));
+    if (ret < 0)
+      throw new IoctlError(
+        wireCode(ret),
+        `ioctl 0x${IOAS_ALLOC_CMD.toString(16)} on fd ${fd}`,
+        this.payloadOf(len),
+      );
     if (len - MIN_LENGTH < OUT_IOAS_ID + 4)
       throw new KernelError('EIO', `IOMMU_IOAS_ALLOC on fd ${fd}: a reply too short to hold the ID`);
     return this.in.readUInt32LE(RESPONSE_HEADER + OUT_IOAS_ID);
@@ -343,3 +348,5 @@ export class PasidkitSyncClient {
     if (ret < 0) throw new IoctlError(wireCode(ret), `IOMMU_DESTROY of ${id}`, this.payloadOf(len));
   }
 }
+
+const IOAS_ALLOC_CMD = IOCTLS.IOMMU_IOAS_ALLOC.cmd;

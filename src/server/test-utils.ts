@@ -6,6 +6,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
+import { KernelError } from '../core/errno.ts';
+import { IOCTLS } from '../iommufd/uapi/index.ts';
+import { IoctlError } from './client.ts';
 import { MIN_LENGTH, RESPONSE_HEADER, readI64 } from './protocol.ts';
 import { type LogEvent, type ServerOptions, WireServer } from './server.ts';
 
@@ -186,3 +190,47 @@ export async function until(cond: () => boolean, ms = 5000, what = 'condition'):
     await new Promise((r) => setTimeout(r, 5));
   }
 }
+
+// ---- random calls of the clients' hot paths, for differential tests --------------------------
+
+/** A settled promise as comparable data (a KernelError by class, errno, message and argument). */
+export async function outcome(p: Promise<unknown>): Promise<unknown> {
+  try {
+    return { value: await p };
+  } catch (e) {
+    if (!(e instanceof KernelError)) throw e;
+    const arg = e instanceof IoctlError ? [...e.arg] : null;
+    return { error: e.constructor.name, code: e.code, message: e.message, arg };
+  }
+}
+
+export type Step =
+  | { k: 'alloc'; fd: number }
+  | { k: 'destroy'; fd: number; id: number }
+  | { k: 'value'; fd: number; request: number; raw: bigint | number };
+
+const I = IOCTLS;
+/** One call of the hot typed paths, with fds and IDs good and bad (see `connect...` in the tests). */
+export const step: fc.Arbitrary<Step> = fc.oneof(
+  fc.record({ k: fc.constant('alloc' as const), fd: fc.constantFrom(0, 0, 0, 1, 2, 9, -1) }),
+  fc.record({
+    k: fc.constant('destroy' as const),
+    fd: fc.constantFrom(0, 0, 0, 1, 2, 9),
+    id: fc.oneof(fc.nat({ max: 6 }), fc.constantFrom(0x7fffffff, 0xffffffff, -1)),
+  }),
+  fc.record({
+    k: fc.constant('value' as const),
+    fd: fc.constantFrom(0, 0, 1, 2, 9),
+    request: fc.constantFrom(
+      I.VFIO_GET_API_VERSION.cmd,
+      I.VFIO_CHECK_EXTENSION.cmd,
+      I.VFIO_SET_IOMMU.cmd,
+      I.IOMMU_DESTROY.cmd,
+      0x3b7f,
+    ),
+    raw: fc.oneof(
+      fc.constantFrom(0, 1, 8, 0xffffffff, 2 ** 32, -1),
+      fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }),
+    ),
+  }),
+);
