@@ -14,7 +14,7 @@
 //
 // Node has no blocking connect and no fcntl(2), so a worker thread connects, turns the socket
 // to blocking mode through its libuv handle (uv_stream_set_blocking), hands over the descriptor
-// and then keeps the handle, and with it the descriptor, open until close(). That worker never
+// and then keeps the handle, and with it the descriptor, open until end(). That worker never
 // returns to its event loop, so its loop never reads the socket: this thread owns the stream.
 
 import { readSync, writeSync } from 'node:fs';
