@@ -7,7 +7,8 @@ import { type KernelError, kerr } from '../core/errno.ts';
 import { type IoctlResult, ioctl, ioctlValue } from '../iommufd/engine.ts';
 import type { Process } from '../iommufd/process.ts';
 import { OP, wireFailure } from '../server/protocol.ts';
-import type { PasidkitSyncClient } from '../server/sync-client.ts';
+import type { PasidkitSyncClient, SyncReply } from '../server/sync-client.ts';
+import { StepError } from './values.ts';
 
 export interface ScenarioProcess {
   open(path: string): number | KernelError;
@@ -99,8 +100,19 @@ export class RemoteProcess implements ScenarioProcess {
   constructor(client: PasidkitSyncClient) {
     this.c = client;
   }
+  /**
+   * One frame. A lost connection is no errno of the emulated kernel: it fails the step (and
+   * every later one of the file) with what happened, rather than as an internal error.
+   */
+  private call(op: number, fd: number, payload: Uint8Array): SyncReply {
+    try {
+      return this.c.call(op, fd, payload);
+    } catch (e) {
+      throw new StepError(`the connection to the pasidkit server is lost: ${(e as Error).message}`);
+    }
+  }
   private num(op: number, fd: number, payload: Uint8Array, what: string): number | KernelError {
-    const r = this.c.call(op, fd, payload);
+    const r = this.call(op, fd, payload);
     return r.ret < 0 ? wireFailure(what, r.ret) : r.ret;
   }
   private none(op: number, fd: number, payload: Uint8Array, what: string): KernelError | undefined {
@@ -131,7 +143,7 @@ export class RemoteProcess implements ScenarioProcess {
     const dv = new DataView(p.buffer);
     dv.setBigUint64(0, BigInt(va), true);
     dv.setUint32(8, length, true);
-    const r = this.c.call(OP.PEEK, -1, p);
+    const r = this.call(OP.PEEK, -1, p);
     return r.ret < 0 ? wireFailure('peek', r.ret) : r.payload;
   }
   poke(va: number, bytes: Uint8Array) {
@@ -143,7 +155,7 @@ export class RemoteProcess implements ScenarioProcess {
   read(fd: number, count: number) {
     const p = new Uint8Array(4);
     new DataView(p.buffer).setUint32(0, count, true);
-    const r = this.c.call(OP.READ, fd, p);
+    const r = this.call(OP.READ, fd, p);
     return r.ret < 0 ? wireFailure('read', r.ret) : r.payload;
   }
   write(fd: number, bytes: Uint8Array) {
@@ -163,7 +175,7 @@ export class RemoteProcess implements ScenarioProcess {
     const p = new Uint8Array(4 + arg.length);
     new DataView(p.buffer).setUint32(0, request >>> 0, true);
     p.set(arg, 4);
-    const r = this.c.call(OP.IOCTL, fd, p);
+    const r = this.call(OP.IOCTL, fd, p);
     const out = r.payload.length === arg.length ? r.payload : arg;
     return r.ret < 0
       ? { ret: r.ret, arg: out, error: wireFailure('ioctl', r.ret) }
@@ -174,7 +186,7 @@ export class RemoteProcess implements ScenarioProcess {
     const dv = new DataView(p.buffer);
     dv.setUint32(0, request >>> 0, true);
     dv.setBigUint64(4, raw, true);
-    const r = this.c.call(OP.IOCTL_VALUE, fd, p);
+    const r = this.call(OP.IOCTL_VALUE, fd, p);
     return r.ret < 0
       ? { ret: r.ret, arg: new Uint8Array(0), error: wireFailure('ioctl', r.ret) }
       : { ret: r.ret, arg: new Uint8Array(0) };
