@@ -19,7 +19,7 @@
 
 import { readSync, writeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { errnoName, KernelError, UsageError } from '../core/errno.ts';
+import { ERRNO, errnoName, KernelError, UsageError } from '../core/errno.ts';
 import {
   build,
   decode,
@@ -55,6 +55,7 @@ const CONNECTING = 0;
 const CONNECTED = 1;
 const FAILED = 2;
 const CLOSE = 3;
+const EIO = ERRNO.EIO;
 
 const WORKER = `
 const { workerData } = require('node:worker_threads');
@@ -73,13 +74,17 @@ const sock = target.path !== undefined
 sock.pause();
 sock.on('error', (e) => done(${FAILED}, -(e.errno ?? 0) || -1));
 sock.on('connect', () => {
-  const h = sock._handle;
-  if (target.port !== undefined) sock.setNoDelay(true);
-  if (h.reading) { h.reading = false; h.readStop(); }
-  const fd = h.fd;
-  if (typeof fd !== 'number' || fd < 0 || h.setBlocking(true) !== 0) {
+  let fd = -1;
+  try {
+    const h = sock._handle;
+    if (target.port !== undefined) sock.setNoDelay(true);
+    if (h.reading) { h.reading = false; h.readStop(); }
+    if (typeof h.fd === 'number' && h.fd >= 0 && h.setBlocking(true) === 0) fd = h.fd;
+  } catch {}
+  if (fd < 0) {
+    // A Node whose stream handles cannot do this: EIO rather than a wait for the timeout.
     sock.destroy();
-    return done(${FAILED}, -1);
+    return done(${FAILED}, -${EIO});
   }
   done(${CONNECTED}, fd);
   while (Atomics.load(ctl, 0) !== ${CLOSE}) Atomics.wait(ctl, 0, ${CONNECTED});
