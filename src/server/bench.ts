@@ -245,7 +245,7 @@ export async function benchWireRtt(
   const body = (sock: string | null, missing: string) =>
     withServer(async (path) => {
       const ours = { ops: 0, seconds: 0 };
-      const async_ = { ops: 0, seconds: 0 };
+      const pipelined = { ops: 0, seconds: 0 };
       const redis = { ops: 0, seconds: 0 };
       const add = (to: { ops: number; seconds: number }, r: { ops: number; seconds: number }) => {
         to.ops += r.ops;
@@ -256,11 +256,11 @@ export async function benchWireRtt(
         if (sock !== null) add(redis, { ops: 2 * n, seconds: redisPing(sock, 2 * n) });
         add(ours, await runClient(['rtt', path, String(n), String(warmup), '1', '1', 'ioas']));
         if (withAsync)
-          add(async_, await runClient(['rtt-async', path, String(n), String(warmup), '1', '1', 'ioas']));
+          add(pipelined, await runClient(['rtt-async', path, String(n), String(warmup), '1', '1', 'ioas']));
       }
       const perOp = (r: { ops: number; seconds: number }) => r.seconds / r.ops;
       const extra: Record<string, unknown> = {};
-      if (withAsync) extra['asyncUsPerOp'] = Number((perOp(async_) * 1e6).toFixed(2));
+      if (withAsync) extra['asyncUsPerOp'] = Number((perOp(pipelined) * 1e6).toFixed(2));
       if (opts.wireOnly ?? true) {
         const base = await runClient(['rtt', path, String(iterations), String(warmup), '1', '1', 'null']);
         extra['wireOnlyUsPerOp'] = Number((perOp(base) * 1e6).toFixed(2));
@@ -269,7 +269,7 @@ export async function benchWireRtt(
         redisLine = line('wire-rtt', redis.ops, redis.seconds, { impl: 'redis-ping' });
         extra['redisUsPerOp'] = redisLine.usPerOp;
         extra['ratioToRedis'] = Number((perOp(ours) / perOp(redis)).toFixed(3));
-        if (withAsync) extra['asyncRatioToRedis'] = Number((perOp(async_) / perOp(redis)).toFixed(3));
+        if (withAsync) extra['asyncRatioToRedis'] = Number((perOp(pipelined) / perOp(redis)).toFixed(3));
       } else if (anchor) redisLine = skippedAnchor(missing);
       return line('wire-rtt', ours.ops, ours.seconds, { ...extra, rounds });
     });

@@ -4,8 +4,9 @@
 //     request:  u32 length | u32 op | u32 tag | i32 fd | payload     (length = bytes after itself)
 //     response: u32 length | u32 tag | i64 ret | payload
 //
-// Both the server (server.ts) and the TypeScript client (client.ts) encode and decode frames
-// with these helpers directly in Node Buffers, so that no frame costs an object per field.
+// The server (server.ts) and both TypeScript clients (client.ts, sync-client.ts) encode and
+// decode frames with these helpers directly in Node Buffers, so that no frame costs an object
+// per field; the clients also share the payload writers and the errors of failed calls.
 
 import { type ErrnoName, errnoName, KernelError } from '../core/errno.ts';
 import { build, IOCTLS, offsetof, STRUCTS } from '../iommufd/uapi/index.ts';
