@@ -8,24 +8,13 @@ import type { IommufdCtx } from './main.ts';
 import type { Process } from './process.ts';
 import { decodeAny, encode, respondField, type StructDef, ucmdRespond } from './uapi/index.ts';
 
-export interface Ucmd {
+export class Ucmd {
   readonly p: Process;
   readonly ctx: IommufdCtx;
   readonly struct: StructDef;
   /** The kernel's copy; respond() updates it before copying it back. */
   readonly kbuf: Uint8Array;
   /** The user's bytes at the argument pointer. */
-  readonly arg: Uint8Array;
-  readonly userSize: number;
-  /** The decoded kernel copy (u64 fields as bigint). */
-  readonly cmd: Readonly<Record<string, unknown>>;
-}
-
-class UcmdImpl implements Ucmd {
-  readonly p: Process;
-  readonly ctx: IommufdCtx;
-  readonly struct: StructDef;
-  readonly kbuf: Uint8Array;
   readonly arg: Uint8Array;
   readonly userSize: number;
   private decoded: Readonly<Record<string, unknown>> | null = null;
@@ -45,9 +34,9 @@ class UcmdImpl implements Ucmd {
     this.userSize = userSize;
   }
   /**
-   * Decoded on first use, from the kernel copy as it stands then: handlers read their fields
-   * before they write results into kbuf, and the hottest ones (IOAS_ALLOC, DESTROY) read kbuf
-   * directly and never pay for the generic decode.
+   * The decoded kernel copy (u64 fields as bigint), decoded on first use from the kernel copy
+   * as it stands then: handlers read their fields before they write results into kbuf, and the
+   * hottest ones (IOAS_ALLOC, DESTROY) read kbuf directly and never pay for the generic decode.
    */
   get cmd(): Readonly<Record<string, unknown>> {
     return (this.decoded ??= decodeAny(this.struct, this.kbuf));
@@ -62,7 +51,7 @@ export function makeUcmd(
   arg: Uint8Array,
   userSize: number,
 ): Ucmd {
-  return new UcmdImpl(p, ctx, struct, kbuf, arg, userSize);
+  return new Ucmd(p, ctx, struct, kbuf, arg, userSize);
 }
 
 /** A u32 field of the kernel copy, by its offset (for handlers that skip the generic decode). */
