@@ -6,7 +6,16 @@
 import { type KernelError, kerr } from '../core/errno.ts';
 import { type IoctlResult, ioctl, ioctlValue } from '../iommufd/engine.ts';
 import type { Process } from '../iommufd/process.ts';
-import { OP, wireFailure } from '../server/protocol.ts';
+import {
+  IOCTL_VALUE_PAYLOAD,
+  ioctlValueArg,
+  MMAP_PAYLOAD,
+  OP,
+  putIoctl,
+  putIoctlValue,
+  putMmap,
+  wireFailure,
+} from '../server/protocol.ts';
 import type { PasidkitSyncClient, SyncReply } from '../server/sync-client.ts';
 import { StepError } from './values.ts';
 
@@ -127,12 +136,8 @@ export class RemoteProcess implements ScenarioProcess {
   }
   mmap(length: number, prot: number, flags: number, fd = -1, offset = 0, addr = 0) {
     if (addr !== 0) return kerr('EINVAL', 'mmap: the wire protocol takes no address');
-    const p = new Uint8Array(24);
-    const dv = new DataView(p.buffer);
-    dv.setBigUint64(0, BigInt(length), true);
-    dv.setUint32(8, prot, true);
-    dv.setUint32(12, flags, true);
-    dv.setBigUint64(16, BigInt(offset), true);
+    const p = Buffer.allocUnsafe(MMAP_PAYLOAD);
+    putMmap(p, 0, length, prot, flags, offset);
     return this.num(OP.MMAP, fd, p, 'mmap');
   }
   munmap(va: number, length: number) {
@@ -172,9 +177,8 @@ export class RemoteProcess implements ScenarioProcess {
     return [];
   }
   ioctl(fd: number, request: number, arg: Uint8Array): IoctlResult {
-    const p = new Uint8Array(4 + arg.length);
-    new DataView(p.buffer).setUint32(0, request >>> 0, true);
-    p.set(arg, 4);
+    const p = Buffer.allocUnsafe(4 + arg.length);
+    putIoctl(p, 0, request, arg);
     const r = this.call(OP.IOCTL, fd, p);
     const out = r.payload.length === arg.length ? r.payload : arg;
     return r.ret < 0
@@ -182,10 +186,8 @@ export class RemoteProcess implements ScenarioProcess {
       : { ret: r.ret, arg: out };
   }
   ioctlValue(fd: number, request: number, raw: bigint): IoctlResult {
-    const p = new Uint8Array(12);
-    const dv = new DataView(p.buffer);
-    dv.setUint32(0, request >>> 0, true);
-    dv.setBigUint64(4, raw, true);
+    const p = Buffer.allocUnsafe(IOCTL_VALUE_PAYLOAD);
+    putIoctlValue(p, 0, request, ioctlValueArg(raw));
     const r = this.call(OP.IOCTL_VALUE, fd, p);
     return r.ret < 0
       ? { ret: r.ret, arg: new Uint8Array(0), error: wireFailure('ioctl', r.ret) }
